@@ -1,0 +1,113 @@
+"""The ``dimse-bridge`` command: ``run`` and ``check``; arguments → Config → server; exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from bridge import __version__
+from bridge.config import ENV_CONFIG, Config, load_config
+from bridge.errors import BridgeError, ConfigError
+
+LOGGER = logging.getLogger("bridge")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_UNREACHABLE = 3
+EXIT_RUNTIME = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dimse-bridge",
+        description="A DIMSE (C-ECHO, C-FIND, ...) front for a DICOMweb server.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = (
+        f"TOML config file (default: ${ENV_CONFIG}, else the embedded default that fronts "
+        "http://localhost:8042/dicom-web)"
+    )
+    run = sub.add_parser("run", help="run the bridge in the foreground")
+    run.add_argument("--config", metavar="PATH", help=config_help)
+    check = sub.add_parser("check", help="validate the config and probe the DICOMweb server")
+    check.add_argument("--config", metavar="PATH", help=config_help)
+    return parser
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pynetdicom logs PDUs and identifiers (PHI) at INFO: show its warnings only.
+    if level != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dimse-bridge: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        return _check(config)
+    return _run(config)
+
+
+def _check(config: Config) -> int:
+    from bridge.dicomweb.client import DicomwebClient, make_http_client
+
+    async def probe() -> str:
+        async with make_http_client(config.dicomweb.timeout) as http:
+            client = DicomwebClient(
+                http, config.dicomweb.url, query_encoding=config.dicomweb.query_encoding
+            )
+            return await client.probe()
+
+    try:
+        summary = asyncio.run(probe())
+    except BridgeError as exc:
+        print(f"dimse-bridge: {config.dicomweb.url}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(
+        f"ok: config {config.source}; AE {config.dimse.ae_title} on "
+        f"{config.dimse.host}:{config.dimse.port}; {config.dicomweb.url}: {summary}"
+    )
+    return EXIT_OK
+
+
+def _run(config: Config) -> int:
+    from bridge.dimse.server import Bridge, serve_until
+
+    _setup_logging(config.logging.level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        LOGGER.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    LOGGER.info("dimse-bridge %s, config %s", __version__, config.source)
+    try:
+        serve_until(Bridge(config), stop)
+    except OSError as exc:
+        print(
+            f"dimse-bridge: cannot listen on {config.dimse.host}:{config.dimse.port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+    return EXIT_OK

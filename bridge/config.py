@@ -1,0 +1,305 @@
+"""The one configuration object: frozen dataclasses, a pure parser and a TOML loader.
+
+The TOML shape (``[dimse]``, ``[dicomweb]``, ``[[peers]]`` and their first keys) is a
+contract relied on by tooling outside this repository: keys may be added, never renamed
+or given another meaning. ``config.example.toml`` documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from bridge.errors import ConfigError
+
+ENV_CONFIG = "DIMSE_BRIDGE_CONFIG"
+EMBEDDED_SOURCE = "<embedded default config>"
+
+QueryEncoding = Literal["dicom", "strict"]
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A known DIMSE peer: a C-MOVE destination and an entry of the allow-list."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class DimseConfig:
+    ae_title: str = "DIMSE_BRIDGE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    accept_unknown_peers: bool = True
+    max_associations: int = 16
+    # Seconds a shutdown waits for running associations before aborting them.
+    shutdown_timeout: float = 30.0
+    # Seconds without a PDU after which pynetdicom drops an association (network timeout).
+    network_timeout: float = 60.0
+    # Largest P-DATA PDU we accept (0 = unlimited).
+    max_pdu: int = 0
+
+
+@dataclass(frozen=True)
+class DicomwebConfig:
+    url: str = "http://localhost:8042/dicom-web"
+    timeout: float = 30.0
+    # "dicom": leave the characters DICOM matching needs (^ * ? , - .) unescaped in query
+    # strings (Orthanc 1.10 does not percent-decode them); "strict": percent-encode them.
+    query_encoding: QueryEncoding = "dicom"
+    # QIDO-RS page size (limit=); paging always goes on to the end of the results.
+    page_size: int = 500
+    # Largest number of C-FIND matches answered; hitting it ends the C-FIND with a
+    # failure whose ErrorComment says so (0 = no limit).
+    max_results: int = 10000
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    # Concurrent WADO-RS requests per C-GET/C-MOVE (1 = no fetch-ahead, the old design).
+    max_concurrent_fetches: int = 8
+    # Bytes of fetched instances held in memory per C-GET/C-MOVE, ahead of sending.
+    max_buffer_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    dimse: DimseConfig = field(default_factory=DimseConfig)
+    dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    peers: tuple[Peer, ...] = ()
+    source: str = EMBEDDED_SOURCE
+
+    def peer(self, ae_title: str) -> Peer | None:
+        """The peer with this AE title (trailing/leading spaces ignored), if configured."""
+        wanted = ae_title.strip()
+        for peer in self.peers:
+            if peer.ae_title == wanted:
+                return peer
+        return None
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _Table:
+    """Reads typed keys out of one TOML table and remembers which ones were used."""
+
+    def __init__(self, source: str, prefix: str, raw: object) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(source, prefix, "expected a table")
+        self.source = source
+        self.prefix = prefix
+        self.raw: Mapping[str, Any] = raw
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, key: str, expected: str) -> ConfigError:
+        return ConfigError(self.source, self._key(key), expected)
+
+    def _get(self, key: str) -> object:
+        self.used.add(key)
+        return self.raw.get(key)
+
+    def str_(self, key: str, default: str) -> str:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_type_name(value)}")
+        return value
+
+    def bool_(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def int_(self, key: str, default: int, lo: int, hi: int | None = None) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_type_name(value)}")
+        if value < lo or (hi is not None and value > hi):
+            span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+            raise self.error(key, f"expected an integer {span}, got {value}")
+        return value
+
+    def float_(self, key: str, default: float, lo_exclusive: float = 0.0) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"expected a number of seconds, got {_type_name(value)}")
+        if value <= lo_exclusive:
+            raise self.error(key, f"expected a number greater than {lo_exclusive}, got {value}")
+        return float(value)
+
+    def finish(self, nested: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(self.raw) - self.used - set(nested))
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise self.error(unknown[0], f"unknown key (known keys here: {known})")
+
+
+def _type_name(value: object) -> str:
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def validate_ae_title(value: str) -> str | None:
+    """Why `value` is not a valid AE title (PS3.5 AE VR), or None when it is."""
+    if not value.strip():
+        return "expected an AE title of 1 to 16 characters, got an empty one"
+    if len(value) > 16:
+        return f"expected an AE title of at most 16 characters, got {len(value)}"
+    if "\\" in value or any(not (0x20 <= ord(c) < 0x7F) for c in value):
+        return "expected an AE title of printable ASCII characters without backslash"
+    return None
+
+
+def _ae_title(table: _Table, key: str, default: str) -> str:
+    value = table.str_(key, default)
+    problem = validate_ae_title(value)
+    if problem:
+        raise table.error(key, f"{problem} ({value!r})")
+    return value.strip()
+
+
+def _url(table: _Table, key: str, default: str) -> str:
+    value = table.str_(key, default)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise table.error(key, f"expected an http(s) URL, got {value!r} ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error(key, f"expected an http:// or https:// URL with a host, got {value!r}")
+    if parts.query or parts.fragment:
+        raise table.error(key, f"expected a base URL without query or fragment, got {value!r}")
+    return value.rstrip("/")
+
+
+def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Config:
+    """Build a Config from parsed TOML; raises ConfigError naming the key and the expectation."""
+    top = _Table(source, "", data)
+
+    def sub(name: str) -> _Table:
+        top.used.add(name)
+        return _Table(source, name, data.get(name, {}))
+
+    d = sub("dimse")
+    dimse = DimseConfig(
+        ae_title=_ae_title(d, "ae_title", DimseConfig.ae_title),
+        host=d.str_("host", DimseConfig.host),
+        port=d.int_("port", DimseConfig.port, 1, 65535),
+        accept_unknown_peers=d.bool_("accept_unknown_peers", DimseConfig.accept_unknown_peers),
+        max_associations=d.int_("max_associations", DimseConfig.max_associations, 1, 1000),
+        shutdown_timeout=d.float_("shutdown_timeout", DimseConfig.shutdown_timeout),
+        network_timeout=d.float_("network_timeout", DimseConfig.network_timeout),
+        max_pdu=d.int_("max_pdu", DimseConfig.max_pdu, 0, 2**32 - 1),
+    )
+    if not dimse.host:
+        raise d.error("host", "expected a host name or IP address to listen on")
+    d.finish()
+
+    w = sub("dicomweb")
+    encoding = w.str_("query_encoding", DicomwebConfig.query_encoding)
+    if encoding not in ("dicom", "strict"):
+        raise w.error("query_encoding", f'expected "dicom" or "strict", got {encoding!r}')
+    dicomweb = DicomwebConfig(
+        url=_url(w, "url", DicomwebConfig.url),
+        timeout=w.float_("timeout", DicomwebConfig.timeout),
+        query_encoding="dicom" if encoding == "dicom" else "strict",
+        page_size=w.int_("page_size", DicomwebConfig.page_size, 1, 100000),
+        max_results=w.int_("max_results", DicomwebConfig.max_results, 0),
+    )
+    w.finish()
+
+    r = sub("retrieve")
+    retrieve = RetrieveConfig(
+        max_concurrent_fetches=r.int_(
+            "max_concurrent_fetches", RetrieveConfig.max_concurrent_fetches, 1, 64
+        ),
+        max_buffer_bytes=r.int_("max_buffer_bytes", RetrieveConfig.max_buffer_bytes, 1024 * 1024),
+    )
+    r.finish()
+
+    lg = sub("logging")
+    level = lg.str_("level", LoggingConfig.level).upper()
+    if level not in _LOG_LEVELS:
+        raise lg.error("level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    lg.finish()
+
+    top.used.add("peers")
+    raw_peers = data.get("peers", [])
+    if not isinstance(raw_peers, list):
+        raise ConfigError(source, "peers", "expected an array of tables ([[peers]])")
+    peers: list[Peer] = []
+    for index, raw in enumerate(raw_peers):
+        p = _Table(source, f"peers[{index}]", raw)
+        peer = Peer(
+            ae_title=_ae_title(p, "ae_title", ""),
+            host=p.str_("host", ""),
+            port=p.int_("port", 104, 1, 65535),
+        )
+        if not peer.host:
+            raise p.error("host", "expected the peer's host name or IP address")
+        p.finish()
+        if any(existing.ae_title == peer.ae_title for existing in peers):
+            raise p.error("ae_title", f"expected a unique AE title, {peer.ae_title!r} repeats")
+        peers.append(peer)
+
+    top.finish()
+    return Config(
+        dimse=dimse,
+        dicomweb=dicomweb,
+        retrieve=retrieve,
+        logging=LoggingConfig(level=level),
+        peers=tuple(peers),
+        source=source,
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the config from `path`, else ``$DIMSE_BRIDGE_CONFIG``, else the embedded default."""
+    if path is None:
+        path = os.environ.get(ENV_CONFIG) or None
+    if path is None:
+        return parse_config({}, EMBEDDED_SOURCE)
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(source, "(file)", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(source, "(file)", "expected UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "(syntax)", f"invalid TOML: {exc}") from None
+    return parse_config(data, source)

@@ -1,0 +1,1 @@
+"""DICOMweb side of the bridge: the HTTP client and the multipart/related codec."""

@@ -1,0 +1,176 @@
+"""The DICOMweb client: QIDO-RS search, WADO-RS retrieve, probe; the one place httpx errors map.
+
+The client is asynchronous (``httpx.AsyncClient``) so that in-flight requests can be
+cancelled from outside: cancelling the task that awaits a response closes its connection,
+which is how a DIMSE C-CANCEL reaches the server at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from bridge.errors import (
+    DicomwebError,
+    DicomwebHTTPError,
+    DicomwebProtocolError,
+    DicomwebTimeout,
+    DicomwebUnavailable,
+)
+from bridge.models import QidoPage, QidoQuery
+
+LOGGER = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+# Characters DICOM matching needs, left unescaped by the "dicom" query encoding: servers
+# such as Orthanc 1.10 do not percent-decode query values (``DOE%5E*`` matches nothing).
+_DICOM_SAFE = "^*?,"
+
+
+def encode_query_value(value: str, policy: str) -> str:
+    """Percent-encode one query key or value under the configured policy."""
+    return quote(value, safe=_DICOM_SAFE if policy == "dicom" else "")
+
+
+def build_qido_url(
+    base_url: str,
+    query: QidoQuery,
+    *,
+    offset: int = 0,
+    limit: int | None = None,
+    policy: str = "dicom",
+) -> str:
+    """The full QIDO-RS URL of one page of `query`; parameters in a deterministic order."""
+    params: list[tuple[str, str]] = list(query.match)
+    params += [("includefield", name) for name in query.includefield]
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    if offset:
+        params.append(("offset", str(offset)))
+    url = base_url.rstrip("/") + query.path()
+    if not params:
+        return url
+    encoded = "&".join(
+        f"{encode_query_value(k, policy)}={encode_query_value(v, policy)}" for k, v in params
+    )
+    return f"{url}?{encoded}"
+
+
+@contextlib.contextmanager
+def map_errors(url: str) -> Iterator[None]:
+    """Turn httpx exceptions into the bridge's DicomwebError tree (see bridge.errors)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise DicomwebTimeout(
+            f"timed out talking to {_safe_url(url)}: {type(exc).__name__}"
+        ) from exc
+    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+        raise DicomwebUnavailable(f"cannot connect to {_safe_url(url)}: {exc}") from exc
+    except httpx.RemoteProtocolError as exc:
+        raise DicomwebProtocolError(f"broken HTTP answer from {_safe_url(url)}: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise DicomwebUnavailable(f"connection to {_safe_url(url)} failed: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise DicomwebError(f"HTTP error talking to {_safe_url(url)}: {exc}") from exc
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its query string: query values are patient data (PHI)."""
+    return url.split("?", 1)[0]
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    if response.status_code >= 400:
+        raise DicomwebHTTPError(
+            response.status_code, response.reason_phrase, _safe_url(str(response.url))
+        )
+
+
+def parse_qido_body(body: bytes, content_type: str) -> list[dict[str, Any]]:
+    """The DICOM JSON array of a QIDO-RS answer; DicomwebProtocolError when it is not one."""
+    if not body.strip():
+        return []
+    try:
+        data = json.loads(body)
+    except ValueError:
+        kind = content_type.split(";")[0] or "no content type"
+        raise DicomwebProtocolError(f"QIDO-RS answer is not JSON ({kind})") from None
+    if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
+        raise DicomwebProtocolError("QIDO-RS answer is not a JSON array of DICOM objects")
+    return data
+
+
+def _more_hinted(response: httpx.Response) -> bool:
+    # PS3.18 8.3.4.2: a server that truncates says so in a Warning header.
+    warning = response.headers.get("warning", "").lower()
+    return "additional results" in warning or "more results" in warning
+
+
+def is_last_page(page: QidoPage, page_size: int) -> bool:
+    """Whether paging stops after `page`: it came back short and the server hinted no more."""
+    return not page.results or (len(page.results) < page_size and not page.more_hinted)
+
+
+class DicomwebClient:
+    """QIDO-RS / WADO-RS / STOW-RS against one DICOMweb base URL, over an injected client."""
+
+    def __init__(self, http: httpx.AsyncClient, base_url: str, *, query_encoding: str) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.query_encoding = query_encoding
+
+    async def search(self, query: QidoQuery, *, offset: int, limit: int) -> QidoPage:
+        """One page of a QIDO-RS search."""
+        url = build_qido_url(
+            self.base_url, query, offset=offset, limit=limit, policy=self.query_encoding
+        )
+        LOGGER.debug("QIDO-RS %s", url)
+        with map_errors(url):
+            response = await self.http.get(url, headers={"Accept": DICOM_JSON})
+        raise_for_status(response)
+        if response.status_code == 204:
+            return QidoPage(results=[])
+        results = parse_qido_body(response.content, response.headers.get("content-type", ""))
+        return QidoPage(results=list(results), more_hinted=_more_hinted(response))
+
+    async def probe(self) -> str:
+        """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError."""
+        url = f"{self.base_url}/studies?limit=1"
+        with map_errors(url):
+            response = await self.http.get(url, headers={"Accept": DICOM_JSON})
+        if response.status_code in (401, 403):
+            raise DicomwebHTTPError(response.status_code, "authentication refused", url)
+        if response.status_code == 404:
+            raise DicomwebHTTPError(404, "not found: is the URL the DICOMweb root?", url)
+        raise_for_status(response)
+        content_type = response.headers.get("content-type", "")
+        if response.status_code != 204 and "json" not in content_type.lower():
+            raise DicomwebProtocolError(
+                f"{url} answered {content_type or 'no content type'}, not DICOM JSON: "
+                "not a DICOMweb endpoint"
+            )
+        results = parse_qido_body(response.content, content_type)
+        server = response.headers.get("server", "unknown server")
+        return f"QIDO-RS answered HTTP {response.status_code} ({len(results)} result, {server})"
+
+
+def make_http_client(timeout: float, max_connections: int = 32) -> httpx.AsyncClient:
+    """The shared HTTP client; per-request timeout as configured, connections pooled."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            # Orthanc drops idle keep-alive connections after 1 s; expire ours sooner so a
+            # request rarely lands on a connection the server is closing.
+            keepalive_expiry=0.8,
+        ),
+        follow_redirects=False,
+    )

@@ -1,0 +1,1 @@
+"""The DIMSE side: pynetdicom application entity, association policy and service handlers."""

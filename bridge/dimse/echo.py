@@ -1,0 +1,12 @@
+"""C-ECHO (Verification SCP): answers Success without touching the DICOMweb server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.dimse.context import BridgeContext
+from bridge.translate.status import SUCCESS
+
+
+def handle_echo(event: Any, ctx: BridgeContext) -> int:
+    return SUCCESS

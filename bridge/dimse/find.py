@@ -1,0 +1,129 @@
+"""C-FIND SCP (Patient Root and Study Root): identifier → QIDO-RS, pages → pending responses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom import Dataset
+
+from bridge.aio import Cancelled
+from bridge.dicomweb.client import is_last_page
+from bridge.dimse import sop
+from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.errors import BridgeError, DicomwebProtocolError, InvalidIdentifier
+from bridge.models import InformationModel, QueryLevel
+from bridge.translate.query import (
+    FindPlan,
+    add_patient_counts,
+    build_find_plan,
+    json_to_dataset,
+    patient_identity,
+    result_to_identifier,
+)
+from bridge.translate.status import (
+    CANCEL,
+    OUT_OF_RESOURCES,
+    PENDING,
+    find_failure,
+    internal_error,
+    status_dataset,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+FIND_MODELS = {
+    sop.PATIENT_ROOT_FIND: InformationModel.PATIENT_ROOT,
+    sop.STUDY_ROOT_FIND: InformationModel.STUDY_ROOT,
+}
+
+Response = tuple[int | Dataset, Dataset | None]
+
+
+def decode_identifier(event: Any) -> Dataset:
+    """The request identifier, or InvalidIdentifier when it cannot be decoded."""
+    try:
+        identifier = event.identifier
+    except Exception as exc:  # pydicom raises many kinds on a corrupt byte stream
+        raise InvalidIdentifier(f"identifier cannot be decoded: {exc}") from exc
+    if not isinstance(identifier, Dataset):
+        raise InvalidIdentifier("the request has no identifier")
+    return identifier
+
+
+def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
+    """pynetdicom EVT_C_FIND handler: pending per match, then stop (pynetdicom adds Success)."""
+    model = FIND_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
+    cancelled = CancelWatch(event)
+    try:
+        plan = build_find_plan(decode_identifier(event), model)
+        LOGGER.info(
+            "C-FIND %s %s from %s",
+            model.value,
+            plan.level.name,
+            event.assoc.requestor.ae_title,
+        )
+        LOGGER.debug("C-FIND query %s", plan.query)
+        yield from _answer(plan, ctx, cancelled)
+    except Cancelled:
+        yield CANCEL, None
+    except BridgeError as exc:
+        LOGGER.warning("C-FIND failed: %s", exc)
+        yield find_failure(exc), None
+    except Exception as exc:
+        LOGGER.exception("C-FIND: internal error")
+        yield internal_error(exc), None
+
+
+def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Iterator[Response]:
+    web = ctx.config.dicomweb
+    ae_title = ctx.config.dimse.ae_title
+    max_results = web.max_results
+    sent = 0
+    patients: dict[tuple[str, str], list[Dataset]] = {}
+    hold_patients = plan.level is QueryLevel.PATIENT and plan.needs_patient_counts
+    offset = 0
+    while True:
+        page = ctx.loop.call(
+            ctx.client.search(plan.query, offset=offset, limit=web.page_size), cancelled
+        )
+        for raw in page.results:
+            if cancelled():
+                yield CANCEL, None
+                return
+            try:
+                result = json_to_dataset(raw)
+            except Exception as exc:
+                raise DicomwebProtocolError(f"bad DICOM JSON in QIDO-RS answer: {exc}") from exc
+            if plan.level is QueryLevel.PATIENT:
+                identity = patient_identity(result)
+                seen = identity in patients
+                patients.setdefault(identity, []).append(result)
+                if seen or hold_patients:
+                    continue
+            if max_results and sent >= max_results:
+                yield _too_many(max_results), None
+                return
+            yield PENDING, result_to_identifier(result, plan, ae_title)
+            sent += 1
+        offset += len(page.results)
+        if is_last_page(page, web.page_size):
+            break
+    if hold_patients:
+        for studies in patients.values():
+            if cancelled():
+                yield CANCEL, None
+                return
+            if max_results and sent >= max_results:
+                yield _too_many(max_results), None
+                return
+            patient = studies[0]
+            add_patient_counts(patient, studies)
+            yield PENDING, result_to_identifier(patient, plan, ae_title)
+            sent += 1
+    LOGGER.info("C-FIND done: %d matches", sent)
+
+
+def _too_many(limit: int) -> Dataset:
+    return status_dataset(OUT_OF_RESOURCES, f"more than {limit} matches; narrow the query")

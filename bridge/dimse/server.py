@@ -1,0 +1,149 @@
+"""The DIMSE server: AE, presentation contexts, association policy, handlers, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from bridge.aio import LoopThread
+from bridge.config import Config
+from bridge.dicomweb.client import DicomwebClient, make_http_client
+from bridge.dimse import sop
+from bridge.dimse.context import BridgeContext
+from bridge.dimse.echo import handle_echo
+from bridge.dimse.find import handle_find
+
+LOGGER = logging.getLogger(__name__)
+
+# pynetdicom's own logging prints identifiers (PHI) at INFO and formats every PDU: the
+# bridge logs what an operator needs itself.
+_config.LOG_HANDLER_LEVEL = "none"
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+
+def _set_nodelay(event: Any) -> None:
+    # Nagle plus delayed ACKs makes a pynetdicom sender ~4x slower and erratic.
+    sock = event.assoc.dul.socket.socket
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _log_association(event: Any) -> None:
+    requestor = event.assoc.requestor
+    LOGGER.info(
+        "association from %s (%s:%s)", requestor.ae_title, requestor.address, requestor.port
+    )
+
+
+def _log_rejected(event: Any) -> None:
+    requestor = event.assoc.requestor
+    LOGGER.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
+
+
+def build_ae(config: Config) -> AE:
+    """The application entity with every supported context and the association policy."""
+    dimse = config.dimse
+    ae = AE(ae_title=dimse.ae_title)
+    ae.maximum_associations = dimse.max_associations
+    ae.network_timeout = dimse.network_timeout
+    ae.maximum_pdu_size = dimse.max_pdu
+    if not dimse.accept_unknown_peers:
+        # pynetdicom answers A-ASSOCIATE-RJ "calling AE title not recognised".
+        ae.require_calling_aet = [peer.ae_title for peer in config.peers]
+    ae.add_supported_context(sop.VERIFICATION)
+    ae.add_supported_context(sop.PATIENT_ROOT_FIND)
+    ae.add_supported_context(sop.STUDY_ROOT_FIND)
+    return ae
+
+
+class Bridge:
+    """A running bridge: HTTP loop, DICOMweb client and DIMSE listener; stop() shuts down."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = LoopThread()
+        self.ae = build_ae(config)
+        self.server: ThreadedAssociationServer | None = None
+        self._http: Any = None
+
+    def start(self) -> None:
+        self.loop.start()
+        self._http = self.loop.call(_make_client(self.config))
+        client = DicomwebClient(
+            self._http,
+            self.config.dicomweb.url,
+            query_encoding=self.config.dicomweb.query_encoding,
+        )
+        ctx = BridgeContext(config=self.config, loop=self.loop, client=client)
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_ESTABLISHED, _log_association),
+            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_C_ECHO, handle_echo, [ctx]),
+            (evt.EVT_C_FIND, handle_find, [ctx]),
+        ]
+        dimse = self.config.dimse
+        try:
+            self.server = self.ae.start_server(
+                (dimse.host, dimse.port), block=False, evt_handlers=handlers
+            )
+        except Exception:
+            self._close_http()
+            raise
+        LOGGER.info(
+            "listening as %s on %s:%d, fronting %s",
+            dimse.ae_title,
+            dimse.host,
+            dimse.port,
+            self.config.dicomweb.url,
+        )
+
+    def active_associations(self) -> int:
+        return len(self.server.active_associations) if self.server else 0
+
+    def stop(self) -> None:
+        """Stop accepting, let running associations finish (bounded), then free everything."""
+        if self.server is not None:
+            self.server.shutdown()
+            deadline = time.monotonic() + self.config.dimse.shutdown_timeout
+            while self.server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.1)
+            remaining = self.server.active_associations
+            for assoc in remaining:
+                LOGGER.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
+                assoc.abort()
+            self.server = None
+        self._close_http()
+        self.loop.stop()
+
+    def _close_http(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            try:
+                self.loop.call(http.aclose(), timeout=5)
+            except Exception:  # shutting down: nothing left to tell
+                LOGGER.debug("closing the HTTP client failed", exc_info=True)
+
+
+async def _make_client(config: Config) -> Any:
+    # Created on the loop thread: the client's connection pool belongs to that loop.
+    return make_http_client(config.dicomweb.timeout)
+
+
+def serve_until(bridge: Bridge, stop: threading.Event) -> None:
+    """Run `bridge` until `stop` is set (by a signal handler), then shut it down."""
+    bridge.start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        LOGGER.info("shutting down: %d association(s) running", bridge.active_associations())
+        bridge.stop()
+        LOGGER.info("stopped")

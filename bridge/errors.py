@@ -1,0 +1,66 @@
+"""The bridge's exception tree; every third-party error is mapped into it in one place.
+
+::
+
+    BridgeError
+    ├── ConfigError                 invalid configuration (file, key, what was expected)
+    ├── TranslationError            an identifier the bridge cannot translate
+    │   └── InvalidIdentifier       missing/invalid level, keys that do not fit the level
+    └── DicomwebError               anything that went wrong talking to the DICOMweb server
+        ├── DicomwebUnavailable     connection refused, DNS failure, reset before an answer
+        ├── DicomwebTimeout         no answer within the configured timeout
+        ├── DicomwebHTTPError       the server answered with a 4xx/5xx status
+        └── DicomwebProtocolError   the answer is not what DICOMweb promises (bad JSON, multipart)
+
+``dicomweb/client.py`` is the only module that turns ``httpx`` exceptions into these.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base class of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """The configuration is invalid; the message names the file, the key and what was expected."""
+
+    def __init__(self, source: str, key: str, expected: str) -> None:
+        self.source = source
+        self.key = key
+        self.expected = expected
+        super().__init__(f"{source}: {key}: {expected}")
+
+
+class TranslationError(BridgeError):
+    """A DIMSE request cannot be translated into DICOMweb."""
+
+
+class InvalidIdentifier(TranslationError):
+    """The request identifier is malformed or does not fit the query level / model."""
+
+
+class DicomwebError(BridgeError):
+    """Talking to the DICOMweb server failed."""
+
+
+class DicomwebUnavailable(DicomwebError):
+    """The DICOMweb server could not be reached."""
+
+
+class DicomwebTimeout(DicomwebError):
+    """The DICOMweb server did not answer within the configured timeout."""
+
+
+class DicomwebHTTPError(DicomwebError):
+    """The DICOMweb server answered with an HTTP error status."""
+
+    def __init__(self, status_code: int, reason: str, url: str) -> None:
+        self.status_code = status_code
+        self.reason = reason
+        self.url = url
+        super().__init__(f"HTTP {status_code} {reason} from {url}")
+
+
+class DicomwebProtocolError(DicomwebError):
+    """The DICOMweb server's answer could not be understood."""

@@ -1,0 +1,1 @@
+"""Pure translation between DIMSE identifiers/statuses and DICOMweb requests/answers."""

@@ -1,0 +1,101 @@
+"""Named DIMSE statuses (PS3.4 Annex C and B) and the mapping from bridge errors to them."""
+
+from __future__ import annotations
+
+from pydicom import Dataset
+
+from bridge.errors import (
+    BridgeError,
+    DicomwebError,
+    DicomwebHTTPError,
+    DicomwebProtocolError,
+    DicomwebTimeout,
+    DicomwebUnavailable,
+    InvalidIdentifier,
+)
+
+SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
+WARNING_SUBOPS = 0xB000  # C-GET/C-MOVE: one or more sub-operations failed
+
+# C-FIND failures (PS3.4 C.4.1.1.4)
+OUT_OF_RESOURCES = 0xA700
+IDENTIFIER_MISMATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+# The bridge's own codes inside the 0xC000-0xCFFF "unable to process" range, so an
+# integrator can tell the causes apart without reading ErrorComment.
+DICOMWEB_REJECTED = 0xC001  # the DICOMweb server refused the request (HTTP 4xx)
+DICOMWEB_UNREADABLE = 0xC002  # the DICOMweb server's answer could not be understood
+INTERNAL_ERROR = 0xC0FF  # a bug in the bridge; the association stays up
+
+# C-GET / C-MOVE failures (PS3.4 C.4.2.1.5, C.4.3.1.4)
+OUT_OF_RESOURCES_MATCHES = 0xA701  # unable to calculate number of matches
+OUT_OF_RESOURCES_SUBOPS = 0xA702  # unable to perform sub-operations
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+# Frame-level retrieve failures (PS3.4 C.4.3.1.4, Table C.4-3a)
+NO_FRAMES_FOUND = 0xAA00
+UNABLE_TO_CREATE_OBJECT = 0xAA01
+UNABLE_TO_EXTRACT_FRAMES = 0xAA02
+TIME_BASED_ON_NON_TIME_BASED = 0xAA03
+INVALID_FRAME_REQUEST = 0xAA04
+
+# ErrorComment is LO: at most 64 characters.
+_COMMENT_MAX = 64
+
+
+def status_dataset(status: int, comment: str | None = None) -> Dataset:
+    """A status Dataset for a handler to yield, with an ErrorComment when given."""
+    ds = Dataset()
+    ds.Status = status
+    if comment:
+        ds.ErrorComment = _clip(comment)
+    return ds
+
+
+def _clip(comment: str) -> str:
+    text = " ".join(comment.replace("\\", "/").split())
+    text = text.encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= _COMMENT_MAX else text[: _COMMENT_MAX - 3] + "..."
+
+
+def describe(error: BridgeError) -> str:
+    """A short, integrator-facing reason for an error (ErrorComment material)."""
+    if isinstance(error, DicomwebHTTPError):
+        if error.status_code in (401, 403):
+            return f"DICOMweb authentication failed: HTTP {error.status_code}"
+        return f"DICOMweb server answered HTTP {error.status_code}"
+    if isinstance(error, DicomwebTimeout):
+        return "DICOMweb server timed out"
+    if isinstance(error, DicomwebUnavailable):
+        return "DICOMweb server unreachable"
+    if isinstance(error, DicomwebProtocolError):
+        return f"DICOMweb answer not understood: {error}"
+    return str(error)
+
+
+def _is_transient(error: DicomwebError) -> bool:
+    if isinstance(error, DicomwebUnavailable | DicomwebTimeout):
+        return True
+    return isinstance(error, DicomwebHTTPError) and (
+        error.status_code >= 500 or error.status_code == 429
+    )
+
+
+def find_failure(error: BridgeError) -> Dataset:
+    """The C-FIND failure status for an error raised while answering a query."""
+    if isinstance(error, InvalidIdentifier):
+        return status_dataset(IDENTIFIER_MISMATCH, str(error))
+    if isinstance(error, DicomwebError):
+        if _is_transient(error):
+            return status_dataset(OUT_OF_RESOURCES, describe(error))
+        if isinstance(error, DicomwebProtocolError):
+            return status_dataset(DICOMWEB_UNREADABLE, describe(error))
+        return status_dataset(DICOMWEB_REJECTED, describe(error))
+    return status_dataset(UNABLE_TO_PROCESS, describe(error))
+
+
+def internal_error(exc: BaseException) -> Dataset:
+    """The status for an unexpected exception: a failure, never a dropped association."""
+    return status_dataset(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
