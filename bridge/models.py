@@ -66,9 +66,9 @@ class InstanceRef:
     series_uid: str
     sop_instance_uid: str
     sop_class_uid: str = ""
-    transfer_syntax_uid: str = ""
     instance_number: int | None = None
     series_number: int | None = None
+    number_of_frames: int | None = None
 
 
 @dataclass(frozen=True)

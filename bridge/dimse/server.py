@@ -8,7 +8,13 @@ import threading
 import time
 from typing import Any
 
-from pynetdicom import AE, _config, evt
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    AllStoragePresentationContexts,
+    _config,
+    evt,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.aio import LoopThread
@@ -18,6 +24,7 @@ from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.echo import handle_echo
 from bridge.dimse.find import handle_find
+from bridge.dimse.get import handle_get
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,9 +64,20 @@ def build_ae(config: Config) -> AE:
     if not dimse.accept_unknown_peers:
         # pynetdicom answers A-ASSOCIATE-RJ "calling AE title not recognised".
         ae.require_calling_aet = [peer.ae_title for peer in config.peers]
-    ae.add_supported_context(sop.VERIFICATION)
-    ae.add_supported_context(sop.PATIENT_ROOT_FIND)
-    ae.add_supported_context(sop.STUDY_ROOT_FIND)
+    ae.add_supported_context(sop.VERIFICATION, ALL_TRANSFER_SYNTAXES)
+    for sop_class in (
+        sop.PATIENT_ROOT_FIND,
+        sop.STUDY_ROOT_FIND,
+        sop.PATIENT_ROOT_GET,
+        sop.STUDY_ROOT_GET,
+    ):
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    # C-GET sends its sub-operations on the same association: accept the SCP role the
+    # retrieving peer proposes for every storage SOP class, in any transfer syntax.
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(
+            str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
     return ae
 
 
@@ -88,6 +106,7 @@ class Bridge:
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_C_ECHO, handle_echo, [ctx]),
             (evt.EVT_C_FIND, handle_find, [ctx]),
+            (evt.EVT_C_GET, handle_get, [ctx]),
         ]
         dimse = self.config.dimse
         try:

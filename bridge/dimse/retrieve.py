@@ -1,0 +1,233 @@
+"""The retrieve pipeline shared by C-GET and C-MOVE.
+
+QIDO-RS lists the matching instances (the count), WADO-RS fetches them ahead of the
+C-STORE sub-operations (bounded concurrency and bytes, see ``bridge.pipeline``), and each
+fetched instance is brought into a transfer syntax the receiving peer accepted
+(``bridge.translate.syntax``). Cancel — a C-CANCEL, or the association going away —
+cancels every in-flight request at once and starts no new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.uid import ExplicitVRLittleEndian
+
+from bridge.aio import Cancelled
+from bridge.dicomweb.client import ANY_SYNTAX, is_last_page
+from bridge.dimse.context import BridgeContext
+from bridge.errors import BridgeError, DicomwebError, DicomwebProtocolError
+from bridge.models import InstanceRef
+from bridge.pipeline import Prefetcher, PrefetchHandle
+from bridge.translate.retrieve import RetrievePlan, instance_ref, sort_instances
+from bridge.translate.status import (
+    OUT_OF_RESOURCES_SUBOPS,
+    SUCCESS,
+    WARNING_SUBOPS,
+    describe,
+)
+from bridge.translate.syntax import can_decompress_locally, is_sendable, server_syntax
+
+LOGGER = logging.getLogger(__name__)
+
+# Storage statuses that count as warnings (PS3.4 B.2.3): coercion, elements discarded.
+_STORE_WARNINGS = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
+_LOCAL = "local"  # syntax hint: fetch as stored and decompress here
+
+
+class NoAcceptableContext(BridgeError):
+    """The peer accepted no presentation context for the instance's SOP class."""
+
+
+def list_instances(
+    plan: RetrievePlan, ctx: BridgeContext, cancelled: Callable[[], bool]
+) -> list[InstanceRef]:
+    """Every instance the plan matches, paged to the end, in sending order."""
+    page_size = ctx.config.dicomweb.page_size
+    refs: dict[str, InstanceRef] = {}
+    offset = 0
+    while True:
+        page = ctx.loop.call(
+            ctx.client.search(plan.query, offset=offset, limit=page_size), cancelled
+        )
+        for result in page.results:
+            ref = instance_ref(result)
+            if ref is None:
+                raise DicomwebProtocolError("QIDO-RS instance result without its UIDs")
+            refs.setdefault(ref.sop_instance_uid, ref)
+        offset += len(page.results)
+        if is_last_page(page, page_size):
+            return sort_instances(refs.values())
+
+
+def accepted_syntaxes(contexts: Any, role: str) -> dict[str, frozenset[str]]:
+    """Transfer syntaxes accepted per SOP class on contexts where we may act as `role`."""
+    found: dict[str, set[str]] = {}
+    for cx in contexts:
+        if role == "scu" and cx.as_scu is False:
+            continue
+        found.setdefault(str(cx.abstract_syntax), set()).add(str(cx.transfer_syntax[0]))
+    return {sop_class: frozenset(ts) for sop_class, ts in found.items()}
+
+
+@dataclass
+class SubOp:
+    """One instance ready to send (``dataset``), or why it cannot be (``error``)."""
+
+    ref: InstanceRef
+    dataset: Dataset | None = None
+    error: str | None = None
+    size: int = 0
+
+
+class InstanceSource:
+    """Yields a SubOp per instance, in order, fetched ahead; closing it cancels all fetches."""
+
+    def __init__(
+        self,
+        ctx: BridgeContext,
+        refs: list[InstanceRef],
+        accepted: Mapping[str, frozenset[str]],
+        cancelled: Callable[[], bool],
+    ) -> None:
+        self.ctx = ctx
+        self.refs = refs
+        self.accepted = accepted
+        self.cancelled = cancelled
+        # (series, SOP class) → what to ask the server for, learned from earlier instances.
+        self.hints: dict[tuple[str, str], str] = {}
+        self.sent_index = -1
+
+    async def _fetch(self, ref: InstanceRef) -> bytes:
+        if ref.sop_class_uid and not self.accepted.get(ref.sop_class_uid):
+            raise NoAcceptableContext(f"no accepted presentation context for {ref.sop_class_uid}")
+        hint = self.hints.get((ref.series_uid, ref.sop_class_uid), ANY_SYNTAX)
+        return await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX if hint == _LOCAL else hint)
+
+    def subops(self) -> Generator[SubOp, None, None]:
+        retrieve = self.ctx.config.retrieve
+        prefetcher: Prefetcher[InstanceRef, bytes] = Prefetcher(
+            self.refs,
+            self._fetch,
+            len,
+            max_concurrent=retrieve.max_concurrent_fetches,
+            max_bytes=retrieve.max_buffer_bytes,
+        )
+        with PrefetchHandle(self.ctx.loop, prefetcher) as handle:
+            for index, ref in enumerate(self.refs):
+                fetched = handle.take(index, self.cancelled)
+                try:
+                    if fetched.error is not None:
+                        yield SubOp(ref, error=_reason(fetched.error))
+                    else:
+                        assert fetched.value is not None
+                        yield self._prepare(ref, fetched.value)
+                finally:
+                    self.sent_index = index
+                    handle.release(index)
+
+    def _prepare(self, ref: InstanceRef, payload: bytes) -> SubOp:
+        try:
+            ds = dcmread(BytesIO(payload))
+            stored = str(ds.file_meta.TransferSyntaxUID)
+            sop_class = str(ds.SOPClassUID)
+        except Exception as exc:
+            return SubOp(ref, error=f"corrupt instance from WADO-RS: {exc}")
+        if str(ds.SOPInstanceUID) != ref.sop_instance_uid:
+            return SubOp(ref, error="WADO-RS returned a different instance")
+        accepted = self.accepted.get(sop_class, frozenset())
+        if not accepted:
+            return SubOp(ref, error=f"no accepted presentation context for {sop_class}")
+        if is_sendable(stored, accepted):
+            return SubOp(ref, dataset=ds, size=len(payload))
+        key = (ref.series_uid, sop_class)
+        wanted = server_syntax(accepted)
+        if wanted is not None and self.hints.get(key) != _LOCAL:
+            try:
+                again = self.ctx.loop.call(
+                    self.ctx.client.retrieve_instance(ref, wanted), self.cancelled
+                )
+                converted = dcmread(BytesIO(again))
+                if is_sendable(str(converted.file_meta.TransferSyntaxUID), accepted):
+                    self.hints[key] = wanted
+                    return SubOp(ref, dataset=converted, size=len(again))
+            except DicomwebError as exc:
+                LOGGER.info("server could not transcode to %s (%s); trying locally", wanted, exc)
+            except Cancelled:
+                raise
+            except Exception as exc:
+                LOGGER.info("transcoded answer unreadable (%s); trying locally", exc)
+        if can_decompress_locally(stored, accepted):
+            try:
+                ds.decompress()
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            except Exception as exc:
+                return SubOp(ref, error=f"cannot decompress {stored}: {exc}")
+            self.hints[key] = _LOCAL
+            return SubOp(ref, dataset=ds, size=len(payload))
+        return SubOp(ref, error=f"peer accepts no syntax the instance ({stored}) can be sent in")
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, BridgeError):
+        return describe(error)
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class Tally:
+    """Sub-operation outcomes of one retrieve, and the final status they add up to."""
+
+    total: int
+    completed: int = 0
+    warnings: int = 0
+    failed: list[str] = field(default_factory=list)
+    bytes_sent: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def record_store(self, ref: InstanceRef, status: int | None, size: int) -> None:
+        if status == SUCCESS:
+            self.completed += 1
+            self.bytes_sent += size
+        elif status in _STORE_WARNINGS:
+            self.warnings += 1
+            self.bytes_sent += size
+        else:
+            self.failed.append(ref.sop_instance_uid)
+
+    def final_status(self) -> int:
+        if not self.failed and not self.warnings:
+            return SUCCESS
+        if self.completed + self.warnings == 0:
+            return OUT_OF_RESOURCES_SUBOPS
+        return WARNING_SUBOPS
+
+    def log(self, service: str, peer: str, status: int) -> None:
+        seconds = max(time.monotonic() - self.started, 1e-6)
+        mb = self.bytes_sent / 1e6
+        LOGGER.info(
+            "%s done: peer %s, %d/%d instances sent, %d warning, %d failed, %.1f MB, "
+            "%.2f s, %.1f MB/s, status 0x%04X",
+            service,
+            peer,
+            self.completed + self.warnings,
+            self.total,
+            self.warnings,
+            len(self.failed),
+            mb,
+            seconds,
+            mb / seconds,
+            status,
+        )
+
+
+def failed_list(uids: list[str]) -> Dataset:
+    ds = Dataset()
+    ds.FailedSOPInstanceUIDList = uids
+    return ds
