@@ -7,6 +7,7 @@ or given another meaning. ``config.example.toml`` documents every key with its d
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -149,7 +150,7 @@ class _Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"expected a number of seconds, got {_type_name(value)}")
-        if value <= lo_exclusive:
+        if not math.isfinite(value) or value <= lo_exclusive:
             raise self.error(key, f"expected a number greater than {lo_exclusive}, got {value}")
         return float(value)
 

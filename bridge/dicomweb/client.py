@@ -93,6 +93,15 @@ def _safe_url(url: str) -> str:
 
 
 def raise_for_status(response: httpx.Response) -> None:
+    """Raise for anything but a 2xx: redirects are not followed (they would carry
+    credentials to another host), so a 3xx is an error that asks for the final URL."""
+    if 300 <= response.status_code < 400:
+        location = _safe_url(response.headers.get("location", "?"))
+        raise DicomwebHTTPError(
+            response.status_code,
+            f"redirect to {location}: set dicomweb.url to the final URL",
+            _safe_url(str(response.url)),
+        )
     if response.status_code >= 400:
         raise DicomwebHTTPError(
             response.status_code, response.reason_phrase, _safe_url(str(response.url))

@@ -125,17 +125,16 @@ class Bridge:
         )
 
     def active_associations(self) -> int:
-        return len(self.server.active_associations) if self.server else 0
+        return len(_working(self.server)) if self.server else 0
 
     def stop(self) -> None:
         """Stop accepting, let running associations finish (bounded), then free everything."""
         if self.server is not None:
             self.server.shutdown()
             deadline = time.monotonic() + self.config.dimse.shutdown_timeout
-            while self.server.active_associations and time.monotonic() < deadline:
+            while _working(self.server) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            remaining = self.server.active_associations
-            for assoc in remaining:
+            for assoc in _working(self.server):
                 LOGGER.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
                 assoc.abort()
             self.server = None
@@ -149,6 +148,17 @@ class Bridge:
                 self.loop.call(http.aclose(), timeout=5)
             except Exception:  # shutting down: nothing left to tell
                 LOGGER.debug("closing the HTTP client failed", exc_info=True)
+
+
+def _working(server: ThreadedAssociationServer) -> list[Any]:
+    """Associations with work to finish. A connection closed before its A-ASSOCIATE-RQ
+    (a health check, a port scan) leaves a thread that waits out pynetdicom's ACSE
+    timeout although its socket is gone: nothing to wait for at shutdown."""
+    return [
+        assoc
+        for assoc in server.active_associations
+        if assoc.is_established or assoc.dul.is_alive()
+    ]
 
 
 async def _make_client(config: Config) -> Any:

@@ -225,6 +225,9 @@ def build_find_plan(identifier: Dataset, model: InformationModel) -> FindPlan:
         keyword = elem.keyword
         if elem.tag.element == 0 or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
             continue
+        if elem.tag.is_private_creator:
+            # Says who owns a private block; it is not a key to match or return.
+            continue
         keys.append((elem.tag, elem.VR))
         if keyword in _CONTROL_KEYS:
             continue

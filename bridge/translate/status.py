@@ -56,7 +56,7 @@ def status_dataset(status: int, comment: str | None = None) -> Dataset:
 
 def _clip(comment: str) -> str:
     text = " ".join(comment.replace("\\", "/").split())
-    text = text.encode("ascii", "replace").decode("ascii")
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
     return text if len(text) <= _COMMENT_MAX else text[: _COMMENT_MAX - 3] + "..."
 
 

@@ -1,0 +1,1 @@
+"""The dimse-bridge test suite."""

@@ -1,0 +1,1 @@
+"""Fault-injection helpers (HTTP proxy) for the dimse-bridge test suite."""

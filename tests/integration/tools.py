@@ -1,0 +1,150 @@
+"""Locating and running dcmtk's command-line tools (never pynetdicom's same-named scripts)."""
+
+# pynetdicom installs console scripts called findscu, getscu, echoscu, storescu... and they
+# can come first on PATH (pyenv shims, a venv's bin/). The tests always call dcmtk's real
+# binaries by absolute path: /usr/bin/<name> (override the folder with $DCMTK_BINDIR).
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+DCMTK_BINDIR_ENV = "DCMTK_BINDIR"
+DEFAULT_DCMTK_BINDIR = "/usr/bin"
+# Set to 1 to turn "tool missing" skips into failures; CI=true does the same.
+REQUIRE_ENV = "DIMSE_BRIDGE_REQUIRE_INTEGRATION"
+
+
+def integration_required() -> bool:
+    """True when missing Orthanc/dcmtk must fail the run instead of skipping (CI)."""
+    truthy = ("1", "true", "yes", "on")
+    return (
+        os.environ.get("CI", "").strip().lower() in truthy
+        or os.environ.get(REQUIRE_ENV, "").strip().lower() in truthy
+    )
+
+
+def missing_prerequisite(message: str) -> NoReturn:
+    """Skip the test (locally) or fail it (under CI) because a tool is not installed."""
+    if integration_required():
+        pytest.fail(f"{message} (required: CI or ${REQUIRE_ENV} is set)", pytrace=False)
+    pytest.skip(message)
+
+
+def _is_native_executable(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+def dcmtk_path(name: str) -> Path | None:
+    """Absolute path of dcmtk's `name` if it is installed (a native binary), else None."""
+    path = Path(os.environ.get(DCMTK_BINDIR_ENV) or DEFAULT_DCMTK_BINDIR) / name
+    if path.is_file() and os.access(path, os.X_OK) and _is_native_executable(path):
+        return path
+    return None
+
+
+def dcmtk(name: str) -> str:
+    """Absolute path of dcmtk's `name` (e.g. "findscu"); skips/fails the test if absent."""
+    path = dcmtk_path(name)
+    if path is None:
+        where = os.environ.get(DCMTK_BINDIR_ENV) or DEFAULT_DCMTK_BINDIR
+        missing_prerequisite(
+            f"dcmtk's {name} is not installed as a binary in {where} (apt-get install dcmtk)"
+        )
+    return str(path)
+
+
+def tool_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for dcmtk/Orthanc children: TCP_NODELAY=1 (dcmtk reads it) plus `extra`."""
+    env = dict(os.environ, TCP_NODELAY="1")
+    env.update(extra or {})
+    return env
+
+
+def run_dcmtk(
+    name: str,
+    *args: str | os.PathLike[str],
+    timeout: float = 120.0,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """Run dcmtk's `name` with `args` (TCP_NODELAY=1), capturing text output.
+
+    With `check`, a non-zero exit raises AssertionError showing the command and its output.
+    """
+    command = [dcmtk(name), *(os.fspath(a) for a in args)]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        cwd=cwd,
+        env=tool_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(describe(command, result))
+    return result
+
+
+def describe(command: Sequence[str], result: subprocess.CompletedProcess[str]) -> str:
+    """A readable account of a finished command, for assertion messages."""
+    return (
+        f"$ {' '.join(command)}\nexit status {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (bind to port 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_listening(port: int) -> bool | None:
+    """Whether some socket LISTENs on TCP `port` (any address), read from /proc/net/tcp{,6}.
+
+    Connects to nothing, so it leaves no trace in the server (see port_accepts). None when
+    /proc is not readable (not Linux).
+    """
+    found_table = False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found_table = True
+        for line in lines:
+            fields = line.split()  # sl local_address rem_address st ...
+            if len(fields) < 4 or fields[3] != "0A":  # 0A: TCP_LISTEN
+                continue
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False if found_table else None
+
+
+def port_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True if a TCP connection to host:port succeeds now (it is closed at once).
+
+    Beware: a pynetdicom server keeps such a connection, which never sends A-ASSOCIATE-RQ,
+    as a running association until its ACSE timeout (30 s by default), which can hold up
+    its shutdown. Prefer port_listening() to wait for a DICOM server.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+"""Unit tests: no network beyond loopback, no Orthanc, no dcmtk."""
