@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -171,6 +171,27 @@ class DicomwebClient:
                 f"WADO-RS instance answer has {len(parts)} parts instead of 1"
             )
         return parts[0].content
+
+    async def retrieve_metadata(self, ref: InstanceRef) -> dict[str, Any]:
+        """WADO-RS metadata of one instance (DICOM JSON, bulk data as BulkDataURI)."""
+        url = self.instance_url(ref) + "/metadata"
+        with map_errors(url):
+            response = await self.http.get(url, headers={"Accept": DICOM_JSON})
+        raise_for_status(response)
+        results = parse_qido_body(response.content, response.headers.get("content-type", ""))
+        if len(results) != 1:
+            raise DicomwebProtocolError(f"instance metadata has {len(results)} objects, not 1")
+        return results[0]
+
+    async def retrieve_frames(
+        self, ref: InstanceRef, frames: Sequence[int], transfer_syntax: str
+    ) -> list[bytes]:
+        """WADO-RS frames of one instance, one bytes object per frame, in request order."""
+        url = self.instance_url(ref) + "/frames/" + ",".join(str(n) for n in frames)
+        accept = (
+            f'multipart/related; type="application/octet-stream"; transfer-syntax={transfer_syntax}'
+        )
+        return [part.content for part in await self._get_multipart(url, accept)]
 
     async def _get_multipart(self, url: str, accept: str) -> list[Part]:
         """GET a multipart/related resource and decode it while it streams in."""

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from bridge.aio import Cancelled
 from bridge.dimse import sop
@@ -31,13 +32,19 @@ from bridge.dimse.retrieve import (
 )
 from bridge.errors import BridgeError, InvalidIdentifier
 from bridge.models import InformationModel, InstanceRef
-from bridge.translate.retrieve import FrameRequestError, RetrievePlan, build_retrieve_plan
+from bridge.translate.frames import FrameError, check_frames, frame_instance, strip_bulk_data
+from bridge.translate.query import json_to_dataset
+from bridge.translate.retrieve import RetrievePlan, build_retrieve_plan
 from bridge.translate.status import (
     CANCEL,
     IDENTIFIER_MISMATCH,
+    INVALID_FRAME_REQUEST,
+    NO_FRAMES_FOUND,
     OUT_OF_RESOURCES_MATCHES,
     PENDING,
     SUCCESS,
+    UNABLE_TO_CREATE_OBJECT,
+    UNABLE_TO_EXTRACT_FRAMES,
     describe,
     internal_error,
     status_dataset,
@@ -49,6 +56,7 @@ GET_MODELS = {
     sop.PATIENT_ROOT_GET: InformationModel.PATIENT_ROOT,
     sop.STUDY_ROOT_GET: InformationModel.STUDY_ROOT,
     sop.COMPOSITE_INSTANCE_ROOT_GET: InformationModel.COMPOSITE_INSTANCE_ROOT,
+    sop.WITHOUT_BULK_DATA_GET: InformationModel.WITHOUT_BULK_DATA,
 }
 
 # The count (first), then (status, dataset-or-marker) pairs.
@@ -119,7 +127,7 @@ def handle_get(event: Any, ctx: BridgeContext) -> Iterator[Response]:
     cancelled = CancelWatch(event)
     try:
         plan = build_retrieve_plan(decode_identifier(event), model)
-    except FrameRequestError as exc:
+    except FrameError as exc:
         yield 1
         yield status_dataset(exc.status, str(exc)), failed_list([])
         return
@@ -127,6 +135,11 @@ def handle_get(event: Any, ctx: BridgeContext) -> Iterator[Response]:
         LOGGER.warning("C-GET from %s refused: %s", peer, exc)
         yield 1
         yield status_dataset(IDENTIFIER_MISMATCH, str(exc)), failed_list([])
+        return
+    except Exception as exc:
+        LOGGER.exception("C-GET: internal error while reading the identifier")
+        yield 1
+        yield internal_error(exc), failed_list([])
         return
     LOGGER.info("C-GET %s %s from %s", model.value, plan.level.name, peer)
     try:
@@ -145,11 +158,71 @@ def handle_get(event: Any, ctx: BridgeContext) -> Iterator[Response]:
         yield 1
         yield internal_error(exc), failed_list([])
         return
+    if plan.frames is not None:
+        yield from _send_frames(event, ctx, plan.frames, refs, cancelled, peer)
+        return
     yield len(refs)
     if not refs:
         LOGGER.info("C-GET from %s: no matching instances", peer)
         return
     yield from _send_all(event, ctx, plan, refs, cancelled, peer)
+
+
+def _send_frames(
+    event: Any,
+    ctx: BridgeContext,
+    frames: tuple[int, ...],
+    refs: list[InstanceRef],
+    cancelled: CancelWatch,
+    peer: str,
+) -> Iterator[Response]:
+    """Frame-level retrieve: one new instance made of the requested frames (PS3.4 C.4.3.3)."""
+    yield 1
+    if len(refs) != 1:
+        yield (
+            status_dataset(
+                NO_FRAMES_FOUND if not refs else INVALID_FRAME_REQUEST,
+                "no such instance" if not refs else "FRAME level needs exactly one instance",
+            ),
+            failed_list([ref.sop_instance_uid for ref in refs]),
+        )
+        return
+    ref = refs[0]
+    try:
+        metadata = ctx.loop.call(ctx.client.retrieve_metadata(ref), cancelled)
+        source = json_to_dataset(strip_bulk_data(metadata))
+        check_frames(frames, int(source.get("NumberOfFrames") or 1))
+        pixels = ctx.loop.call(
+            ctx.client.retrieve_frames(ref, frames, ExplicitVRLittleEndian), cancelled
+        )
+        ds = frame_instance(metadata, pixels, frames, decode_identifier(event))
+    except Cancelled:
+        yield CANCEL, failed_list([ref.sop_instance_uid])
+        return
+    except FrameError as exc:
+        yield status_dataset(exc.status, str(exc)), failed_list([ref.sop_instance_uid])
+        return
+    except BridgeError as exc:
+        yield (
+            status_dataset(UNABLE_TO_EXTRACT_FRAMES, describe(exc)),
+            failed_list([ref.sop_instance_uid]),
+        )
+        return
+    except Exception as exc:
+        LOGGER.exception("C-GET: cannot build the frame-level instance")
+        yield (
+            status_dataset(UNABLE_TO_CREATE_OBJECT, f"{type(exc).__name__}: {exc}"),
+            failed_list([ref.sop_instance_uid]),
+        )
+        return
+    tally = Tally(total=1)
+    with StoreOutcomes(event.assoc) as outcomes:
+        yield PENDING, ds
+        tally.record_store(ref, outcomes.last, len(ds.PixelData))
+    status = tally.final_status()
+    tally.log("C-GET frames", peer, status)
+    if tally.failed:
+        yield status_dataset(status), failed_list([str(ds.SOPInstanceUID)])
 
 
 def _send_all(
@@ -162,7 +235,13 @@ def _send_all(
 ) -> Iterator[Response]:
     tally = Tally(total=len(refs))
     accepted = accepted_syntaxes(event.assoc.accepted_contexts, "scu")
-    source = InstanceSource(ctx, refs, accepted, cancelled)
+    source = InstanceSource(
+        ctx,
+        refs,
+        accepted,
+        cancelled,
+        metadata_only=plan.model is InformationModel.WITHOUT_BULK_DATA,
+    )
     done = 0
     with StoreOutcomes(event.assoc) as outcomes, contextlib.closing(source.subops()) as subops:
         try:

@@ -25,6 +25,7 @@ from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError, DicomwebError, DicomwebProtocolError
 from bridge.models import InstanceRef
 from bridge.pipeline import Prefetcher, PrefetchHandle
+from bridge.translate.frames import metadata_dataset
 from bridge.translate.retrieve import RetrievePlan, instance_ref, sort_instances
 from bridge.translate.status import (
     OUT_OF_RESOURCES_SUBOPS,
@@ -76,6 +77,18 @@ def accepted_syntaxes(contexts: Any, role: str) -> dict[str, frozenset[str]]:
     return {sop_class: frozenset(ts) for sop_class, ts in found.items()}
 
 
+@dataclass(frozen=True)
+class Payload:
+    """What WADO-RS gave for one instance: a Part 10 file, or its metadata."""
+
+    part10: bytes | None = None
+    metadata: dict[str, Any] | None = None
+
+    def size(self) -> int:
+        # Metadata is small next to pixel data; count it as a nominal 64 KB.
+        return len(self.part10) if self.part10 is not None else 65536
+
+
 @dataclass
 class SubOp:
     """One instance ready to send (``dataset``), or why it cannot be (``error``)."""
@@ -95,8 +108,12 @@ class InstanceSource:
         refs: list[InstanceRef],
         accepted: Mapping[str, frozenset[str]],
         cancelled: Callable[[], bool],
+        *,
+        metadata_only: bool = False,
     ) -> None:
         self.ctx = ctx
+        # Composite Instance Retrieve Without Bulk Data: WADO-RS metadata, not instances.
+        self.metadata_only = metadata_only
         self.refs = refs
         self.accepted = accepted
         self.cancelled = cancelled
@@ -104,18 +121,23 @@ class InstanceSource:
         self.hints: dict[tuple[str, str], str] = {}
         self.sent_index = -1
 
-    async def _fetch(self, ref: InstanceRef) -> bytes:
+    async def _fetch(self, ref: InstanceRef) -> Payload:
         if ref.sop_class_uid and not self.accepted.get(ref.sop_class_uid):
             raise NoAcceptableContext(f"no accepted presentation context for {ref.sop_class_uid}")
+        if self.metadata_only:
+            return Payload(metadata=await self.ctx.client.retrieve_metadata(ref))
         hint = self.hints.get((ref.series_uid, ref.sop_class_uid), ANY_SYNTAX)
-        return await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX if hint == _LOCAL else hint)
+        part10 = await self.ctx.client.retrieve_instance(
+            ref, ANY_SYNTAX if hint == _LOCAL else hint
+        )
+        return Payload(part10=part10)
 
     def subops(self) -> Generator[SubOp, None, None]:
         retrieve = self.ctx.config.retrieve
-        prefetcher: Prefetcher[InstanceRef, bytes] = Prefetcher(
+        prefetcher: Prefetcher[InstanceRef, Payload] = Prefetcher(
             self.refs,
             self._fetch,
-            len,
+            Payload.size,
             max_concurrent=retrieve.max_concurrent_fetches,
             max_bytes=retrieve.max_buffer_bytes,
         )
@@ -132,7 +154,11 @@ class InstanceSource:
                     self.sent_index = index
                     handle.release(index)
 
-    def _prepare(self, ref: InstanceRef, payload: bytes) -> SubOp:
+    def _prepare(self, ref: InstanceRef, fetched: Payload) -> SubOp:
+        if fetched.metadata is not None:
+            return self._prepare_metadata(ref, fetched.metadata)
+        payload = fetched.part10
+        assert payload is not None
         try:
             ds = dcmread(BytesIO(payload))
             stored = str(ds.file_meta.TransferSyntaxUID)
@@ -172,6 +198,16 @@ class InstanceSource:
             self.hints[key] = _LOCAL
             return SubOp(ref, dataset=ds, size=len(payload))
         return SubOp(ref, error=f"peer accepts no syntax the instance ({stored}) can be sent in")
+
+    def _prepare_metadata(self, ref: InstanceRef, metadata: dict[str, Any]) -> SubOp:
+        try:
+            ds = metadata_dataset(metadata)
+        except Exception as exc:
+            return SubOp(ref, error=f"unreadable WADO-RS metadata: {exc}")
+        accepted = self.accepted.get(str(ds.SOPClassUID), frozenset())
+        if not is_sendable(ExplicitVRLittleEndian, accepted):
+            return SubOp(ref, error="peer accepts no uncompressed syntax for the metadata")
+        return SubOp(ref, dataset=ds, size=0)
 
 
 def _reason(error: BaseException) -> str:

@@ -70,6 +70,8 @@ def build_ae(config: Config) -> AE:
         sop.STUDY_ROOT_FIND,
         sop.PATIENT_ROOT_GET,
         sop.STUDY_ROOT_GET,
+        sop.COMPOSITE_INSTANCE_ROOT_GET,
+        sop.WITHOUT_BULK_DATA_GET,
     ):
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     # C-GET sends its sub-operations on the same association: accept the SCP role the

@@ -15,6 +15,7 @@ from pydicom import Dataset
 
 from bridge.errors import InvalidIdentifier
 from bridge.models import InformationModel, InstanceRef, QidoQuery, QidoResource, QueryLevel
+from bridge.translate.frames import FrameError
 from bridge.translate.query import parse_level
 from bridge.translate.status import INVALID_FRAME_REQUEST, TIME_BASED_ON_NON_TIME_BASED
 
@@ -58,8 +59,9 @@ def _values(identifier: Dataset, keyword: str) -> list[str]:
     value = identifier[keyword].value
     if value is None or value == "":
         return []
-    if isinstance(value, str):
-        return [value.strip()] if value.strip() else []
+    if isinstance(value, str | int | float) or not isinstance(value, Iterable):
+        text = str(value).strip()
+        return [text] if text else []
     return [str(v).strip() for v in value if str(v).strip()]
 
 
@@ -104,7 +106,7 @@ def build_retrieve_plan(identifier: Dataset, model: InformationModel) -> Retriev
     own = _values(identifier, own_key)
     if not own:
         raise InvalidIdentifier(f"{own_key} is required for a {level.name}-level retrieve")
-    for keyword in allowed | {"PatientID"}:
+    for keyword in (allowed - _FRAME_KEYS) | {"PatientID"}:
         for value in _values(identifier, keyword):
             if "*" in value or "?" in value:
                 raise InvalidIdentifier(f"{keyword} must not use wildcards in a retrieve")
@@ -148,43 +150,31 @@ def build_retrieve_plan(identifier: Dataset, model: InformationModel) -> Retriev
 def parse_frame_list(identifier: Dataset) -> tuple[int, ...]:
     """Frame numbers from Simple (0008,1161) or Calculated (0008,1162) Frame List."""
     if "TimeRange" in identifier:
-        raise FrameRequestError(
+        raise FrameError(
             TIME_BASED_ON_NON_TIME_BASED, "time-based frame requests are not supported"
         )
     if "SimpleFrameList" in identifier:
         raw = identifier.SimpleFrameList
         values = [int(v) for v in (raw if isinstance(raw, Iterable) else [raw])]
         if not values or any(v < 1 for v in values):
-            raise FrameRequestError(
-                INVALID_FRAME_REQUEST, "SimpleFrameList must hold frame numbers >= 1"
-            )
+            raise FrameError(INVALID_FRAME_REQUEST, "SimpleFrameList must hold frame numbers >= 1")
         return tuple(values)
     if "CalculatedFrameList" in identifier:
         raw = identifier.CalculatedFrameList
         triplets = [int(v) for v in (raw if isinstance(raw, Iterable) else [raw])]
         if not triplets or len(triplets) % 3:
-            raise FrameRequestError(
+            raise FrameError(
                 INVALID_FRAME_REQUEST, "CalculatedFrameList must hold (start, end, step)"
             )
         frames: list[int] = []
         for start, end, step in zip(triplets[::3], triplets[1::3], triplets[2::3], strict=True):
             if start < 1 or end < start or step < 1:
-                raise FrameRequestError(
-                    INVALID_FRAME_REQUEST, "CalculatedFrameList triplet is invalid"
-                )
+                raise FrameError(INVALID_FRAME_REQUEST, "CalculatedFrameList triplet is invalid")
             frames.extend(range(start, end + 1, step))
         return tuple(sorted(set(frames)))
-    raise FrameRequestError(
+    raise FrameError(
         INVALID_FRAME_REQUEST, "FRAME level needs SimpleFrameList or CalculatedFrameList"
     )
-
-
-class FrameRequestError(InvalidIdentifier):
-    """A frame-level retrieve request that cannot be served, with its PS3.4 status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        super().__init__(message)
 
 
 def _first(result: Mapping[str, Any], tag: str) -> Any:
