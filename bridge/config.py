@@ -71,6 +71,18 @@ class RetrieveConfig:
 
 
 @dataclass(frozen=True)
+class MoveConfig:
+    # Calling AE title of the C-MOVE sub-association ("" = dimse.ae_title).
+    calling_ae_title: str = ""
+    # Seconds to open the TCP connection to a Move Destination.
+    connect_timeout: float = 10.0
+    # Seconds to wait for A-ASSOCIATE-AC/RJ and for each DIMSE response (C-STORE-RSP).
+    # pynetdicom applies both to every association of the bridge, C-GET's included.
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
 
@@ -80,6 +92,7 @@ class Config:
     dimse: DimseConfig = field(default_factory=DimseConfig)
     dicomweb: DicomwebConfig = field(default_factory=DicomwebConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    move: MoveConfig = field(default_factory=MoveConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     peers: tuple[Peer, ...] = ()
     source: str = EMBEDDED_SOURCE
@@ -250,6 +263,18 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
     )
     r.finish()
 
+    m = sub("move")
+    calling = m.str_("calling_ae_title", MoveConfig.calling_ae_title)
+    if calling:
+        calling = _ae_title(m, "calling_ae_title", calling)
+    move = MoveConfig(
+        calling_ae_title=calling,
+        connect_timeout=m.float_("connect_timeout", MoveConfig.connect_timeout),
+        acse_timeout=m.float_("acse_timeout", MoveConfig.acse_timeout),
+        dimse_timeout=m.float_("dimse_timeout", MoveConfig.dimse_timeout),
+    )
+    m.finish()
+
     lg = sub("logging")
     level = lg.str_("level", LoggingConfig.level).upper()
     if level not in _LOG_LEVELS:
@@ -280,6 +305,7 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         dimse=dimse,
         dicomweb=dicomweb,
         retrieve=retrieve,
+        move=move,
         logging=LoggingConfig(level=level),
         peers=tuple(peers),
         source=source,

@@ -77,3 +77,15 @@ class QidoPage:
 
     results: list[dict[str, object]] = field(default_factory=list)
     more_hinted: bool = False
+
+
+@dataclass(frozen=True)
+class StowResult:
+    """What a STOW-RS answer said about one instance."""
+
+    status_code: int
+    stored: bool
+    # PS3.18 Failure Reason (0008,1197) / Warning Reason (0008,1196), when given.
+    failure_reason: int | None = None
+    warning_reason: int | None = None
+    reason_phrase: str = ""

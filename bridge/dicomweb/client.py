@@ -11,12 +11,19 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from bridge.dicomweb.multipart import MultipartDecoder, Part, boundary_from_content_type
+from bridge.dicomweb.stow import (
+    new_boundary,
+    parse_stow_response,
+    stow_content_type,
+    stream_part10,
+)
 from bridge.errors import (
     DicomwebError,
     DicomwebHTTPError,
@@ -24,7 +31,7 @@ from bridge.errors import (
     DicomwebTimeout,
     DicomwebUnavailable,
 )
-from bridge.models import InstanceRef, QidoPage, QidoQuery
+from bridge.models import InstanceRef, QidoPage, QidoQuery, StowResult
 
 LOGGER = logging.getLogger(__name__)
 
@@ -206,6 +213,28 @@ class DicomwebClient:
                     parts.extend(decoder.feed(chunk))
                 parts.extend(decoder.close())
         return parts
+
+    async def store_instance(self, path: Path, sop_instance_uid: str) -> StowResult:
+        """STOW-RS one Part 10 file, streamed from disk; the server's verdict on it.
+
+        HTTP errors are part of the verdict (the caller maps them to C-STORE statuses);
+        only transport failures raise.
+        """
+        url = f"{self.base_url}/studies"
+        boundary = new_boundary()
+        headers = {
+            "Content-Type": stow_content_type(boundary),
+            "Accept": DICOM_JSON,
+            **_NO_GZIP,
+        }
+        with map_errors(url):
+            response = await self.http.post(
+                url, content=stream_part10(path, boundary), headers=headers
+            )
+        LOGGER.debug("STOW-RS %s -> %d", url, response.status_code)
+        return parse_stow_response(
+            response.status_code, response.content, sop_instance_uid, response.reason_phrase
+        )
 
     async def probe(self) -> str:
         """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError."""

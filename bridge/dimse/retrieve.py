@@ -22,16 +22,27 @@ from pydicom.uid import ExplicitVRLittleEndian
 from bridge.aio import Cancelled
 from bridge.dicomweb.client import ANY_SYNTAX, is_last_page
 from bridge.dimse.context import BridgeContext
-from bridge.errors import BridgeError, DicomwebError, DicomwebProtocolError
-from bridge.models import InstanceRef
+from bridge.dimse.find import decode_identifier
+from bridge.errors import BridgeError, DicomwebError, DicomwebProtocolError, InvalidIdentifier
+from bridge.models import InformationModel, InstanceRef
 from bridge.pipeline import Prefetcher, PrefetchHandle
-from bridge.translate.frames import metadata_dataset
-from bridge.translate.retrieve import RetrievePlan, instance_ref, sort_instances
+from bridge.translate.frames import FrameError, metadata_dataset
+from bridge.translate.retrieve import (
+    RetrievePlan,
+    build_retrieve_plan,
+    instance_ref,
+    sort_instances,
+)
 from bridge.translate.status import (
+    CANCEL,
+    IDENTIFIER_MISMATCH,
+    OUT_OF_RESOURCES_MATCHES,
     OUT_OF_RESOURCES_SUBOPS,
     SUCCESS,
     WARNING_SUBOPS,
     describe,
+    internal_error,
+    status_dataset,
 )
 from bridge.translate.syntax import can_decompress_locally, is_sendable, server_syntax
 
@@ -65,6 +76,40 @@ def list_instances(
         offset += len(page.results)
         if is_last_page(page, page_size):
             return sort_instances(refs.values())
+
+
+def find_instances(
+    event: Any,
+    ctx: BridgeContext,
+    model: InformationModel,
+    cancelled: Callable[[], bool],
+    service: str,
+) -> tuple[RetrievePlan, list[InstanceRef]] | Dataset:
+    """The plan and matching instances of a C-GET/C-MOVE request, or the failure status
+    to answer with (0xA900 bad identifier, 0xAA0x frame request, 0xA701 search failed,
+    0xFE00 cancelled, internal error)."""
+    peer = event.assoc.requestor.ae_title
+    try:
+        plan = build_retrieve_plan(decode_identifier(event), model)
+    except FrameError as exc:
+        return status_dataset(exc.status, str(exc))
+    except InvalidIdentifier as exc:
+        LOGGER.warning("%s from %s refused: %s", service, peer, exc)
+        return status_dataset(IDENTIFIER_MISMATCH, str(exc))
+    except Exception as exc:
+        LOGGER.exception("%s: internal error while reading the identifier", service)
+        return internal_error(exc)
+    LOGGER.info("%s %s %s from %s", service, model.value, plan.level.name, peer)
+    try:
+        return plan, list_instances(plan, ctx, cancelled)
+    except Cancelled:
+        return status_dataset(CANCEL)
+    except BridgeError as exc:
+        LOGGER.warning("%s from %s: cannot list instances: %s", service, peer, exc)
+        return status_dataset(OUT_OF_RESOURCES_MATCHES, describe(exc))
+    except Exception as exc:
+        LOGGER.exception("%s: internal error while listing instances", service)
+        return internal_error(exc)
 
 
 def accepted_syntaxes(contexts: Any, role: str) -> dict[str, frozenset[str]]:

@@ -21,10 +21,13 @@ from bridge.aio import LoopThread
 from bridge.config import Config
 from bridge.dicomweb.client import DicomwebClient, make_http_client
 from bridge.dimse import sop
+from bridge.dimse.commitment import handle_action
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.echo import handle_echo
 from bridge.dimse.find import handle_find
 from bridge.dimse.get import handle_get
+from bridge.dimse.move import handle_move
+from bridge.dimse.store import handle_store
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,6 +36,9 @@ LOGGER = logging.getLogger(__name__)
 _config.LOG_HANDLER_LEVEL = "none"
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+# Incoming C-STORE data sets go to a temporary Part 10 file as they arrive, which the
+# STOW-RS upload streams from: never re-encoded, never whole in memory.
+_config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def _set_nodelay(event: Any) -> None:
@@ -61,6 +67,9 @@ def build_ae(config: Config) -> AE:
     ae.maximum_associations = dimse.max_associations
     ae.network_timeout = dimse.network_timeout
     ae.maximum_pdu_size = dimse.max_pdu
+    ae.connection_timeout = config.move.connect_timeout
+    ae.acse_timeout = config.move.acse_timeout
+    ae.dimse_timeout = config.move.dimse_timeout
     if not dimse.accept_unknown_peers:
         # pynetdicom answers A-ASSOCIATE-RJ "calling AE title not recognised".
         ae.require_calling_aet = [peer.ae_title for peer in config.peers]
@@ -72,6 +81,10 @@ def build_ae(config: Config) -> AE:
         sop.STUDY_ROOT_GET,
         sop.COMPOSITE_INSTANCE_ROOT_GET,
         sop.WITHOUT_BULK_DATA_GET,
+        sop.PATIENT_ROOT_MOVE,
+        sop.STUDY_ROOT_MOVE,
+        sop.COMPOSITE_INSTANCE_ROOT_MOVE,
+        sop.STORAGE_COMMITMENT_PUSH,
     ):
         ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     # C-GET sends its sub-operations on the same association: accept the SCP role the
@@ -109,6 +122,9 @@ class Bridge:
             (evt.EVT_C_ECHO, handle_echo, [ctx]),
             (evt.EVT_C_FIND, handle_find, [ctx]),
             (evt.EVT_C_GET, handle_get, [ctx]),
+            (evt.EVT_C_MOVE, handle_move, [ctx]),
+            (evt.EVT_C_STORE, handle_store, [ctx]),
+            (evt.EVT_N_ACTION, handle_action, [ctx]),
         ]
         dimse = self.config.dimse
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydicom.uid import UID
 
 VERIFICATION = UID("1.2.840.10008.1.1")
+STORAGE_COMMITMENT_PUSH = UID("1.2.840.10008.1.20.1")
 
 PATIENT_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.1.1")
 PATIENT_ROOT_MOVE = UID("1.2.840.10008.5.1.4.1.2.1.2")

@@ -13,6 +13,7 @@ from bridge.errors import (
     DicomwebUnavailable,
     InvalidIdentifier,
 )
+from bridge.models import StowResult
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
@@ -99,3 +100,67 @@ def find_failure(error: BridgeError) -> Dataset:
 def internal_error(exc: BaseException) -> Dataset:
     """The status for an unexpected exception: a failure, never a dropped association."""
     return status_dataset(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}")
+
+
+# C-STORE (PS3.4 B.2.3); the STOW-RS failure/warning reasons (PS3.18 Table 10.5.3-3)
+# reuse these codes.
+STORE_COERCION = 0xB000
+STORE_ELEMENTS_DISCARDED = 0xB006
+STORE_MISMATCH_WARNING = 0xB007
+STORE_SOP_CLASS_NOT_SUPPORTED = 0x0122
+DUPLICATE_SOP_INSTANCE = 0x0111
+_STORE_WARNING_CODES = frozenset({STORE_COERCION, STORE_ELEMENTS_DISCARDED, STORE_MISMATCH_WARNING})
+
+
+def store_status(result: StowResult) -> Dataset:
+    """The C-STORE status for what STOW-RS said about the instance.
+
+    Success only when the server listed the instance as stored. An instance the server
+    already holds (HTTP 409 or Failure Reason 0x0111) is answered with warning 0xB000 and
+    a comment saying so: the data is on the server, and the modality should not resend.
+    """
+    code = result.status_code
+    if result.stored:
+        warning = result.warning_reason
+        if warning is not None or code == 202:
+            status = warning if warning in _STORE_WARNING_CODES else STORE_COERCION
+            detail = f"warning reason 0x{warning:04X}" if warning is not None else "HTTP 202"
+            return status_dataset(status, f"stored by the DICOMweb server with {detail}")
+        return status_dataset(SUCCESS)
+    reason = result.failure_reason
+    reason_text = f" (failure reason 0x{reason:04X})" if reason is not None else ""
+    if reason == DUPLICATE_SOP_INSTANCE or (code == 409 and reason is None):
+        return status_dataset(
+            STORE_COERCION, f"already present on the DICOMweb server (HTTP {code})"
+        )
+    if reason is not None and reason & 0xFF00 == IDENTIFIER_MISMATCH:
+        return status_dataset(
+            IDENTIFIER_MISMATCH,
+            f"server says the data set does not match its SOP class{reason_text}",
+        )
+    if reason == STORE_SOP_CLASS_NOT_SUPPORTED:
+        return status_dataset(
+            STORE_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported by the server"
+        )
+    if (reason is not None and reason & 0xFF00 == OUT_OF_RESOURCES) or code >= 500 or code == 429:
+        return status_dataset(
+            OUT_OF_RESOURCES, f"DICOMweb server busy or failing: HTTP {code}{reason_text}"
+        )
+    if code in (401, 403):
+        return status_dataset(DICOMWEB_REJECTED, f"DICOMweb authentication failed: HTTP {code}")
+    if 200 <= code < 300:
+        return status_dataset(
+            UNABLE_TO_PROCESS, f"HTTP {code} but the server did not list the instance{reason_text}"
+        )
+    return status_dataset(
+        UNABLE_TO_PROCESS, f"DICOMweb server refused it: HTTP {code}{reason_text}"
+    )
+
+
+def store_failure(error: BridgeError) -> Dataset:
+    """The C-STORE status when STOW-RS could not be done at all (nothing was acknowledged)."""
+    if isinstance(error, DicomwebError) and _is_transient(error):
+        return status_dataset(OUT_OF_RESOURCES, describe(error))
+    if isinstance(error, DicomwebProtocolError):
+        return status_dataset(DICOMWEB_UNREADABLE, describe(error))
+    return status_dataset(UNABLE_TO_PROCESS, describe(error))

@@ -15,13 +15,35 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
 )
 
 _LITTLE_ENDIAN_UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian})
+UNCOMPRESSED_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# The compressed syntaxes archives commonly store, most common first (C-MOVE proposals).
+COMPRESSED_SYNTAXES = (
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEGExtended12Bit,
+    JPEGLossless,
+)
 # What to ask a server to transcode into, best first: every server can produce these two.
 _SERVER_PREFERENCE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 

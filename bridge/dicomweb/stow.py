@@ -1,0 +1,99 @@
+"""STOW-RS request bodies streamed from a Part 10 file, and STOW-RS answers parsed (PS3.18 10.5)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bridge.models import StowResult
+
+_CHUNK = 256 * 1024
+# PS3.18 Table 10.5.3-2 attributes of the Store Instances Response Module.
+_FAILED_SOP_SEQUENCE = "00081198"
+_REFERENCED_SOP_SEQUENCE = "00081199"
+_REFERENCED_SOP_INSTANCE_UID = "00081155"
+_FAILURE_REASON = "00081197"
+_WARNING_REASON = "00081196"
+
+
+def stow_content_type(boundary: str) -> str:
+    return f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def new_boundary() -> str:
+    return uuid.uuid4().hex
+
+
+async def stream_part10(path: Path, boundary: str) -> AsyncIterator[bytes]:
+    """One-part multipart/related body, read from `path` in chunks (never whole in memory)."""
+    yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+    async with await anyio.open_file(path, "rb") as handle:
+        while chunk := await handle.read(_CHUNK):
+            yield chunk
+    yield f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
+def _uint(item: Mapping[str, Any], tag: str) -> int | None:
+    element = item.get(tag)
+    if isinstance(element, Mapping):
+        values = element.get("Value")
+        if isinstance(values, list) and values and isinstance(values[0], int | float):
+            return int(values[0])
+    return None
+
+
+def _items(body: Mapping[str, Any], tag: str) -> list[Mapping[str, Any]]:
+    element = body.get(tag)
+    if isinstance(element, Mapping):
+        values = element.get("Value")
+        if isinstance(values, list):
+            return [item for item in values if isinstance(item, Mapping)]
+    return []
+
+
+def _refers_to(item: Mapping[str, Any], sop_instance_uid: str) -> bool:
+    element = item.get(_REFERENCED_SOP_INSTANCE_UID)
+    if isinstance(element, Mapping):
+        values = element.get("Value")
+        return isinstance(values, list) and sop_instance_uid in values
+    return False
+
+
+def parse_stow_response(
+    status_code: int, body: bytes, sop_instance_uid: str, reason_phrase: str = ""
+) -> StowResult:
+    """What a STOW-RS answer says about one instance."""
+    parsed: Any = None
+    if body.strip():
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+    if isinstance(parsed, list) and parsed and isinstance(parsed[0], Mapping):
+        parsed = parsed[0]
+    if not isinstance(parsed, Mapping):
+        parsed = {}
+    stored = [
+        i for i in _items(parsed, _REFERENCED_SOP_SEQUENCE) if _refers_to(i, sop_instance_uid)
+    ]
+    failed = [i for i in _items(parsed, _FAILED_SOP_SEQUENCE) if _refers_to(i, sop_instance_uid)]
+    failure_reason = _uint(failed[0], _FAILURE_REASON) if failed else None
+    warning_reason = _uint(stored[0], _WARNING_REASON) if stored else None
+    if warning_reason is None:
+        warning_reason = _uint(parsed, _WARNING_REASON)
+    is_stored = 200 <= status_code < 300 and bool(stored) and not failed
+    if 200 <= status_code < 300 and not stored and not failed and not parsed:
+        # A 200 without a body: some servers answer that way; the status is the answer.
+        is_stored = status_code == 200
+    return StowResult(
+        status_code=status_code,
+        stored=is_stored,
+        failure_reason=failure_reason,
+        warning_reason=warning_reason,
+        reason_phrase=reason_phrase,
+    )

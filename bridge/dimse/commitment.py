@@ -1,0 +1,228 @@
+"""Storage Commitment Push Model SCP (PS3.4 Annex J): N-ACTION, QIDO-RS check, N-EVENT-REPORT.
+
+The N-ACTION is answered at once; a worker thread then checks every referenced instance
+with QIDO-RS and sends the N-EVENT-REPORT: event type 1 when all are present, 2 with a
+Failed SOP Sequence (Failure Reason 0x0112, no such object instance) otherwise. It goes
+on the same association while that is open, else on a new association to the requesting
+AE as configured in ``[[peers]]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pynetdicom import AE, build_context, build_role
+
+from bridge.dicomweb.client import is_last_page
+from bridge.dimse import sop
+from bridge.dimse.context import BridgeContext
+from bridge.errors import BridgeError
+from bridge.models import QidoQuery, QidoResource
+from bridge.translate.status import SUCCESS, status_dataset
+
+LOGGER = logging.getLogger(__name__)
+
+STORAGE_COMMITMENT_PUSH = sop.STORAGE_COMMITMENT_PUSH
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+REQUEST_COMMITMENT = 1  # Action Type ID
+ALL_COMMITTED = 1  # Event Type IDs
+SOME_FAILED = 2
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+INVALID_ARGUMENT_VALUE = 0x0115
+NO_SUCH_ACTION = 0x0123
+_UIDS_PER_QUERY = 50  # keeps each QIDO-RS URL well under common 8 KB limits
+
+
+def handle_action(event: Any, ctx: BridgeContext) -> tuple[Dataset | int, Dataset | None]:
+    """pynetdicom EVT_N_ACTION handler."""
+    if event.request.ActionTypeID != REQUEST_COMMITMENT:
+        return status_dataset(NO_SUCH_ACTION, "only Request Storage Commitment (1)"), None
+    try:
+        info = event.action_information
+        transaction_uid = str(info.TransactionUID)
+        refs = [
+            (str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
+            for item in info.ReferencedSOPSequence
+        ]
+    except Exception as exc:
+        return status_dataset(INVALID_ARGUMENT_VALUE, f"bad commitment request: {exc}"), None
+    requestor = event.assoc.requestor.ae_title
+    LOGGER.info(
+        "storage commitment from %s: %d instance(s), transaction %s",
+        requestor,
+        len(refs),
+        transaction_uid,
+    )
+    worker = threading.Thread(
+        target=_commit,
+        args=(event.assoc, ctx, requestor, transaction_uid, refs),
+        name="storage-commitment",
+        daemon=True,
+    )
+    worker.start()
+    return SUCCESS, None
+
+
+def present_instances(ctx: BridgeContext, uids: Iterable[str]) -> set[str]:
+    """The SOP Instance UIDs among `uids` the DICOMweb server holds (QIDO-RS UID lists)."""
+    wanted = sorted(set(uids))
+    found: set[str] = set()
+    page_size = ctx.config.dicomweb.page_size
+    for start in range(0, len(wanted), _UIDS_PER_QUERY):
+        chunk = wanted[start : start + _UIDS_PER_QUERY]
+        query = QidoQuery(
+            resource=QidoResource.INSTANCES,
+            match=(("SOPInstanceUID", ",".join(chunk)),),
+            includefield=("00080018",),
+        )
+        offset = 0
+        while True:
+            page = ctx.loop.call(ctx.client.search(query, offset=offset, limit=page_size))
+            for result in page.results:
+                element = result.get("00080018")
+                values = element.get("Value", []) if isinstance(element, dict) else []
+                found.update(str(v) for v in values if str(v) in chunk)
+            offset += len(page.results)
+            if is_last_page(page, page_size):
+                break
+    return found
+
+
+def event_report(
+    transaction_uid: str, refs: list[tuple[str, str]], present: set[str]
+) -> tuple[int, Dataset]:
+    """Event Type ID and Event Information of the N-EVENT-REPORT (PS3.4 J.3.3.1)."""
+    info = Dataset()
+    info.TransactionUID = transaction_uid
+    done, failed = [], []
+    for sop_class, sop_instance in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        if sop_instance in present:
+            done.append(item)
+        else:
+            item.FailureReason = NO_SUCH_OBJECT_INSTANCE
+            failed.append(item)
+    if done:
+        info.ReferencedSOPSequence = DicomSequence(done)
+    if failed:
+        info.FailedSOPSequence = DicomSequence(failed)
+        return SOME_FAILED, info
+    return ALL_COMMITTED, info
+
+
+def _commit(
+    assoc: Any,
+    ctx: BridgeContext,
+    requestor: str,
+    transaction_uid: str,
+    refs: list[tuple[str, str]],
+) -> None:
+    try:
+        present = present_instances(ctx, (uid for _, uid in refs))
+    except BridgeError as exc:
+        # Unknown is not committed: report every instance as failed, so the modality keeps
+        # its copy (PS3.4 J.3.3: failure means it must not delete them).
+        LOGGER.warning("storage commitment %s: QIDO-RS failed: %s", transaction_uid, exc)
+        present = set()
+    event_type, info = event_report(transaction_uid, refs, present)
+    if assoc.is_established and _send_on_same(assoc, event_type, info):
+        LOGGER.info("storage commitment %s: event type %d sent", transaction_uid, event_type)
+        return
+    peer = ctx.config.peer(requestor)
+    if peer is None:
+        LOGGER.error(
+            "storage commitment %s: association closed and %s is not in [[peers]]: "
+            "the result cannot be delivered",
+            transaction_uid,
+            requestor,
+        )
+        return
+    _send_on_new(ctx, peer.host, peer.port, peer.ae_title, event_type, info, transaction_uid)
+
+
+def _send_on_same(assoc: Any, event_type: int, info: Dataset) -> bool:
+    # The acceptor's reactor also reads the DIMSE queue: pause it (pynetdicom's documented
+    # way for an acceptor to send requests itself) so the N-EVENT-REPORT-RSP reaches us.
+    assoc._reactor_checkpoint.clear()
+    try:
+        if not _wait_paused(assoc):
+            return False
+        status, _ = assoc.send_n_event_report(
+            info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+        )
+        return bool(status) and status.get("Status") == SUCCESS
+    except Exception as exc:
+        LOGGER.warning("N-EVENT-REPORT on the same association failed: %s", exc)
+        return False
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+def _wait_paused(assoc: Any, timeout: float = 5.0) -> bool:
+    """Wait until the reactor is blocked at its checkpoint. Its flag is also briefly True
+    on every pass of its loop, so only a flag that stays True for a few of its 1 ms
+    iterations proves it is blocked."""
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while assoc.is_established and time.monotonic() < deadline:
+        if assoc._is_paused:
+            since = since or time.monotonic()
+            if time.monotonic() - since > 0.01:
+                return True
+        else:
+            since = None
+        time.sleep(0.0002)
+    return False
+
+
+def _send_on_new(
+    ctx: BridgeContext,
+    host: str,
+    port: int,
+    ae_title: str,
+    event_type: int,
+    info: Dataset,
+    transaction_uid: str,
+) -> None:
+    ae = AE(ae_title=ctx.config.dimse.ae_title)
+    ae.acse_timeout = ctx.config.move.acse_timeout
+    ae.dimse_timeout = ctx.config.move.dimse_timeout
+    ae.connection_timeout = ctx.config.move.connect_timeout
+    assoc = ae.associate(
+        host,
+        port,
+        contexts=[build_context(STORAGE_COMMITMENT_PUSH)],
+        ae_title=ae_title,
+        # On its own association the commitment SCP is the one that proposes the SCP role.
+        ext_neg=[build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)],
+    )
+    if not assoc.is_established:
+        LOGGER.error(
+            "storage commitment %s: cannot associate with %s at %s:%d",
+            transaction_uid,
+            ae_title,
+            host,
+            port,
+        )
+        return
+    try:
+        status, _ = assoc.send_n_event_report(
+            info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+        )
+        LOGGER.info(
+            "storage commitment %s: event type %d sent to %s on a new association (0x%04X)",
+            transaction_uid,
+            event_type,
+            ae_title,
+            int(status.get("Status", 0xFFFF)) if status else 0xFFFF,
+        )
+    finally:
+        assoc.release()

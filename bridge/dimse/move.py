@@ -1,0 +1,149 @@
+"""C-MOVE SCP: the C-GET retrieve pipeline, sent over one sub-association to the destination.
+
+Follows pynetdicom's ``doc_handle_move`` contract: the first yield is the destination
+``(host, port, kwargs)`` (``(None, None)`` when unknown → 0xA801), the second the number
+of sub-operations, then the pending/final responses of ``run_suboperations``. pynetdicom
+opens the sub-association itself after the count; the ``kwargs`` dict it reads then holds
+the presentation contexts the bridge worked out from the QIDO-RS results, and an
+``EVT_CONN_OPEN`` handler that sets TCP_NODELAY and the configured calling AE title on
+the outgoing association and hands the association back to this handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydicom import Dataset
+from pynetdicom import build_context, evt
+from pynetdicom.presentation import PresentationContext
+
+from bridge.dimse import sop
+from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.dimse.retrieve import failed_list, find_instances
+from bridge.dimse.suboperations import run_suboperations
+from bridge.models import InformationModel, InstanceRef
+from bridge.translate.status import (
+    INVALID_FRAME_REQUEST,
+    MOVE_DESTINATION_UNKNOWN,
+    status_dataset,
+)
+from bridge.translate.syntax import COMPRESSED_SYNTAXES, UNCOMPRESSED_SYNTAXES
+
+LOGGER = logging.getLogger(__name__)
+
+MOVE_MODELS = {
+    sop.PATIENT_ROOT_MOVE: InformationModel.PATIENT_ROOT,
+    sop.STUDY_ROOT_MOVE: InformationModel.STUDY_ROOT,
+    sop.COMPOSITE_INSTANCE_ROOT_MOVE: InformationModel.COMPOSITE_INSTANCE_ROOT,
+}
+_MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+
+
+def move_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
+    """Contexts for the sub-association: per SOP class, the uncompressed pair (which every
+    destination accepts, and which the server can always transcode to), then one context
+    per common compressed syntax so stored compressed data can go as is, as room allows."""
+    classes = sorted({ref.sop_class_uid for ref in refs if ref.sop_class_uid})
+    contexts = [build_context(uid, list(UNCOMPRESSED_SYNTAXES)) for uid in classes]
+    for syntax in COMPRESSED_SYNTAXES:
+        for uid in classes:
+            if len(contexts) >= _MAX_CONTEXTS:
+                return contexts
+            contexts.append(build_context(uid, [syntax]))
+    return contexts
+
+
+class _SubAssociation:
+    """Catches the outgoing association pynetdicom opens, and prepares its socket."""
+
+    def __init__(self, calling_ae_title: str) -> None:
+        self.calling_ae_title = calling_ae_title
+        self.assoc: Any = None
+        self.opened = threading.Event()
+
+    def on_open(self, event: Any) -> None:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # The A-ASSOCIATE-RQ is built after the connection opens, from this value.
+        event.assoc.requestor.ae_title = self.calling_ae_title
+        self.assoc = event.assoc
+        self.opened.set()
+
+
+class _CommentOnRefusal:
+    """Adds an ErrorComment to the 0xA801 response pynetdicom sends by itself."""
+
+    def __init__(self, assoc: Any, comment: Callable[[], str]) -> None:
+        self.assoc = assoc
+        self.comment = comment
+
+    def __enter__(self) -> None:
+        dimse = self.assoc.dimse
+        original = dimse.send_msg
+
+        def send_msg(rsp: Any, context_id: int) -> None:
+            if getattr(rsp, "Status", None) == MOVE_DESTINATION_UNKNOWN and not getattr(
+                rsp, "ErrorComment", None
+            ):
+                rsp.ErrorComment = self.comment()[:64]
+            original(rsp, context_id)
+
+        dimse.send_msg = send_msg
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            del self.assoc.dimse.send_msg
+        except AttributeError:
+            pass
+
+
+def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
+    """pynetdicom EVT_C_MOVE handler."""
+    model = MOVE_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
+    requestor = event.assoc.requestor.ae_title
+    destination_ae = str(event.request.MoveDestination or "").strip()
+    peer = ctx.config.peer(destination_ae)
+    if peer is None:
+        LOGGER.warning("C-MOVE from %s: unknown destination %r", requestor, destination_ae)
+        with _CommentOnRefusal(event.assoc, lambda: f"move destination {destination_ae} unknown"):
+            yield None, None
+        return
+    move = ctx.config.move
+    sub = _SubAssociation(move.calling_ae_title or ctx.config.dimse.ae_title)
+    kwargs: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, sub.on_open)]}
+    with _CommentOnRefusal(
+        event.assoc,
+        lambda: f"cannot associate with {destination_ae} at {peer.host}:{peer.port}",
+    ):
+        yield peer.host, peer.port, kwargs
+        cancelled = CancelWatch(event)
+        found = find_instances(event, ctx, model, cancelled, "C-MOVE")
+        if isinstance(found, Dataset):
+            # pynetdicom opens the sub-association before it takes the failure status.
+            kwargs["contexts"] = [build_context(sop.VERIFICATION)]
+            yield 1
+            yield found, failed_list([])
+            return
+        plan, refs = found
+        if plan.frames is not None:
+            kwargs["contexts"] = [build_context(sop.VERIFICATION)]
+            yield 1
+            yield _frames_not_supported(), failed_list([])
+            return
+        kwargs["contexts"] = move_contexts(refs) or [build_context(sop.VERIFICATION)]
+        yield len(refs)
+    if not refs:
+        return
+    # pynetdicom resumes this generator only once the sub-association is established.
+    if sub.assoc is None:
+        sub.opened.wait(5)
+    yield from run_suboperations("C-MOVE", sub.assoc, ctx, refs, cancelled, destination_ae)
+
+
+def _frames_not_supported() -> Dataset:
+    return status_dataset(INVALID_FRAME_REQUEST, "frame-level retrieve is offered by C-GET only")

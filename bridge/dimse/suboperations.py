@@ -1,0 +1,145 @@
+"""C-STORE sub-operations of a C-GET or C-MOVE, driven through pynetdicom's service classes.
+
+pynetdicom sends each yielded dataset as a C-STORE sub-operation and keeps the counts;
+this module feeds it in order from the fetch-ahead pipeline, records each sub-operation's
+outcome, and produces the final status with the exact Failed SOP Instance UID List.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pydicom import Dataset
+
+from bridge.aio import Cancelled
+from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.dimse.retrieve import InstanceSource, Tally, accepted_syntaxes, failed_list
+from bridge.models import InstanceRef
+from bridge.translate.status import CANCEL, PENDING, SUCCESS, internal_error, status_dataset
+
+LOGGER = logging.getLogger(__name__)
+
+# The count (first), then (status, dataset-or-marker) pairs.
+Response = int | tuple[int | Dataset, Any]
+
+
+class _FailedSubOp:
+    """Yielded as a pending 'dataset' for an instance that could not be fetched.
+
+    pynetdicom counts a pending yield that is not a Dataset as one failed sub-operation,
+    which keeps its Number of Failed/Remaining Sub-operations exact; the bridge's own
+    Failed SOP Instance UID List replaces pynetdicom's at the end.
+    """
+
+    def __bool__(self) -> bool:
+        return True
+
+
+FAILED_SUBOP = _FailedSubOp()
+
+
+class _DropInvalidDatasetLog(logging.Filter):
+    # pynetdicom logs an ERROR for every FAILED_SUBOP; the bridge logs the real reason.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Received invalid dataset from callback" not in record.getMessage()
+
+
+logging.getLogger("pynetdicom.service_class").addFilter(_DropInvalidDatasetLog())
+
+
+class StoreOutcomes:
+    """Records the status of each C-STORE sub-operation pynetdicom sends for a C-GET or C-MOVE.
+
+    pynetdicom offers no hook for sub-operation results, so the association's
+    ``send_c_store`` is wrapped for the duration of one retrieve.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        self.assoc = assoc
+        self.last: int | None = None
+
+    def __enter__(self) -> StoreOutcomes:
+        original: Callable[..., Any] = self.assoc.send_c_store
+
+        def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
+            self.last = None
+            try:
+                rsp = original(dataset, *args, **kwargs)
+            except Exception as exc:
+                LOGGER.warning("C-STORE sub-operation failed: %s", exc)
+                raise
+            status = rsp.get("Status") if isinstance(rsp, Dataset) else None
+            self.last = int(status) if status is not None else None
+            return rsp
+
+        self.assoc.send_c_store = send_c_store
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(AttributeError):
+            del self.assoc.send_c_store
+
+
+def run_suboperations(
+    service: str,
+    sender: Any,
+    ctx: BridgeContext,
+    refs: list[InstanceRef],
+    cancelled: CancelWatch,
+    peer: str,
+    *,
+    metadata_only: bool = False,
+) -> Iterator[Response]:
+    """Yield pynetdicom's pending/final C-GET or C-MOVE responses for `refs`.
+
+    `sender` is the association the C-STORE sub-operations go out on: the requesting
+    one for C-GET, the sub-association to the Move Destination for C-MOVE.
+    """
+    tally = Tally(total=len(refs))
+    accepted = accepted_syntaxes(sender.accepted_contexts, "scu")
+    source = InstanceSource(ctx, refs, accepted, cancelled, metadata_only=metadata_only)
+    done = 0
+    with StoreOutcomes(sender) as outcomes, contextlib.closing(source.subops()) as subops:
+        try:
+            for subop in subops:
+                if cancelled():
+                    raise Cancelled()
+                if not sender.is_established:
+                    # The destination went away: every remaining sub-operation fails, and
+                    # nothing more is fetched for it.
+                    tally.failed.extend(ref.sop_instance_uid for ref in refs[done:])
+                    LOGGER.warning("%s: association to %s lost", service, peer)
+                    break
+                done += 1
+                if subop.dataset is None:
+                    LOGGER.warning(
+                        "%s sub-operation %s failed: %s",
+                        service,
+                        subop.ref.sop_instance_uid,
+                        subop.error,
+                    )
+                    tally.failed.append(subop.ref.sop_instance_uid)
+                    yield PENDING, FAILED_SUBOP
+                    continue
+                yield PENDING, subop.dataset
+                tally.record_store(subop.ref, outcomes.last, subop.size)
+        except Cancelled:
+            unsent = [ref.sop_instance_uid for ref in refs[done:]]
+            tally.log(service, peer, CANCEL)
+            LOGGER.info("%s for %s cancelled (%s)", service, peer, cancelled.reason or "C-CANCEL")
+            yield CANCEL, failed_list(tally.failed + unsent)
+            return
+        except Exception as exc:
+            LOGGER.exception("%s: internal error while sending", service)
+            yield (
+                internal_error(exc),
+                failed_list(tally.failed + [ref.sop_instance_uid for ref in refs[done:]]),
+            )
+            return
+    status = tally.final_status()
+    tally.log(service, peer, status)
+    if status != SUCCESS and tally.failed:
+        yield status_dataset(status), failed_list(tally.failed)
