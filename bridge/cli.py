@@ -67,13 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(config: Config) -> int:
-    from bridge.dicomweb.client import DicomwebClient, make_http_client
+    from bridge.dicomweb.client import make_client
 
     async def probe() -> str:
-        async with make_http_client(config.dicomweb.timeout) as http:
-            client = DicomwebClient(
-                http, config.dicomweb.url, query_encoding=config.dicomweb.query_encoding
-            )
+        client = make_client(config.dicomweb)
+        async with client.http:
             return await client.probe()
 
     try:

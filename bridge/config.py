@@ -11,7 +11,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -34,6 +34,19 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class TlsListenerConfig:
+    """``[dimse.tls]``: a DICOM TLS listener beside the plain one."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"
+    port: int = 2762
+    certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    require_client_certificate: bool = False
+
+
+@dataclass(frozen=True)
 class DimseConfig:
     ae_title: str = "DIMSE_BRIDGE"
     host: str = "0.0.0.0"
@@ -46,6 +59,49 @@ class DimseConfig:
     network_timeout: float = 60.0
     # Largest P-DATA PDU we accept (0 = unlimited).
     max_pdu: int = 0
+    tls: TlsListenerConfig = field(default_factory=TlsListenerConfig)
+
+
+AuthType = Literal["none", "basic", "bearer", "oauth2", "google", "aws"]
+AUTH_TYPES: tuple[AuthType, ...] = ("none", "basic", "bearer", "oauth2", "google", "aws")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """Where a secret comes from: inline, an environment variable, or a file (re-read
+    when it changes). Only the source is kept here; the value is read when needed."""
+
+    value: str = ""
+    env: str = ""
+    file: str = ""
+
+    @property
+    def is_set(self) -> bool:
+        return bool(self.value or self.env or self.file)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """``[dicomweb.auth]``: how the bridge authenticates to the DICOMweb server."""
+
+    type: AuthType = "none"
+    # basic
+    username: str = ""
+    password: Secret = field(default_factory=Secret)
+    # bearer (static, environment or file; the file is re-read when it changes)
+    token: Secret = field(default_factory=Secret)
+    # oauth2 client credentials (Keycloak, Azure AD, ...)
+    token_url: str = ""
+    client_id: str = ""
+    client_secret: Secret = field(default_factory=Secret)
+    scope: str = ""
+    # google: a service-account file, else Application Default Credentials
+    credentials_file: str = ""
+    scopes: tuple[str, ...] = ("https://www.googleapis.com/auth/cloud-platform",)
+    # aws: SigV4 (credentials from botocore's usual chain)
+    region: str = ""
+    service: str = "medical-imaging"
+    profile: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,6 +116,28 @@ class DicomwebConfig:
     # Largest number of C-FIND matches answered; hitting it ends the C-FIND with a
     # failure whose ErrorComment says so (0 = no limit).
     max_results: int = 10000
+    # Cap on concurrent HTTP requests to this server, all associations together.
+    max_connections: int = 32
+    # Idempotent reads (QIDO-RS, WADO-RS) are retried on resets, 429, 502, 503, 504
+    # with jittered backoff (honouring Retry-After) until this many seconds have passed.
+    retry_deadline: float = 30.0
+    max_retries: int = 4
+    # TLS: verification is on unless turned off; a CA bundle and a client certificate
+    # (mutual TLS) may be given as PEM files.
+    verify: bool = True
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A named DICOMweb backend, selected by the called AE title an SCU uses."""
+
+    name: str
+    ae_title: str
+    dicomweb: DicomwebConfig
 
 
 @dataclass(frozen=True)
@@ -85,6 +163,16 @@ class MoveConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "INFO"
+    # "text" for a terminal, "json" for log collectors (one JSON object per line).
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class OpsConfig:
+    # "host:port" of the operators' HTTP listener (/metrics, /healthz, /readyz); "" = off.
+    listen: str = ""
+    # Seconds between progress lines of a long retrieve.
+    progress_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +182,19 @@ class Config:
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     move: MoveConfig = field(default_factory=MoveConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
     peers: tuple[Peer, ...] = ()
+    backends: tuple[Backend, ...] = ()
     source: str = EMBEDDED_SOURCE
+
+    def backend_for(self, called_ae_title: str) -> tuple[str, DicomwebConfig]:
+        """The backend a called AE title selects: (name, config); the default is
+        ``("default", [dicomweb])``."""
+        wanted = called_ae_title.strip()
+        for backend in self.backends:
+            if backend.ae_title == wanted:
+                return backend.name, backend.dicomweb
+        return "default", self.dicomweb
 
     def peer(self, ae_title: str) -> Peer | None:
         """The peer with this AE title (trailing/leading spaces ignored), if configured."""
@@ -167,6 +266,25 @@ class _Table:
             raise self.error(key, f"expected a number greater than {lo_exclusive}, got {value}")
         return float(value)
 
+    def str_list(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, f"expected an array of strings, got {_type_name(value)}")
+        return tuple(value)
+
+    def path(self, key: str) -> str:
+        """A file path that must exist when given."""
+        value = self.str_(key, "")
+        if value and not Path(value).is_file():
+            raise self.error(key, f"expected an existing file, {value!r} is not one")
+        return value
+
+    def sub(self, name: str) -> _Table:
+        self.used.add(name)
+        return _Table(self.source, self._key(name), self.raw.get(name, {}))
+
     def finish(self, nested: tuple[str, ...] = ()) -> None:
         unknown = sorted(set(self.raw) - self.used - set(nested))
         if unknown:
@@ -218,6 +336,87 @@ def _url(table: _Table, key: str, default: str) -> str:
     return value.rstrip("/")
 
 
+def _secret(table: _Table, name: str) -> Secret:
+    """``name`` (inline), ``name_env`` or ``name_file``: at most one of them."""
+    secret = Secret(
+        value=table.str_(name, ""),
+        env=table.str_(f"{name}_env", ""),
+        file=table.str_(f"{name}_file", ""),
+    )
+    if sum(bool(x) for x in (secret.value, secret.env, secret.file)) > 1:
+        raise table.error(name, f"expected one of {name}, {name}_env, {name}_file, not several")
+    if secret.env and secret.env not in os.environ:
+        raise table.error(
+            f"{name}_env", f"expected the environment variable {secret.env} to be set"
+        )
+    if secret.file and not Path(secret.file).is_file():
+        raise table.error(f"{name}_file", f"expected an existing file, {secret.file!r} is not one")
+    return secret
+
+
+def _auth(table: _Table) -> AuthConfig:
+    kind = table.str_("type", "none")
+    if kind not in AUTH_TYPES:
+        raise table.error("type", f"expected one of {', '.join(AUTH_TYPES)}, got {kind!r}")
+    auth = AuthConfig(
+        type=kind,
+        username=table.str_("username", ""),
+        password=_secret(table, "password"),
+        token=_secret(table, "token"),
+        token_url=table.str_("token_url", ""),
+        client_id=table.str_("client_id", ""),
+        client_secret=_secret(table, "client_secret"),
+        scope=table.str_("scope", ""),
+        credentials_file=table.path("credentials_file"),
+        scopes=table.str_list("scopes", AuthConfig.scopes),
+        region=table.str_("region", ""),
+        service=table.str_("service", AuthConfig.service),
+        profile=table.str_("profile", ""),
+    )
+    required: dict[str, tuple[str, ...]] = {
+        "basic": ("username", "password"),
+        "bearer": ("token",),
+        "oauth2": ("token_url", "client_id", "client_secret"),
+        "aws": ("region",),
+    }
+    for key in required.get(kind, ()):
+        value = getattr(auth, key)
+        if not (value.is_set if isinstance(value, Secret) else value):
+            raise table.error(key, f"expected a value: auth type {kind!r} needs it")
+    if auth.token_url:
+        _url(table, "token_url", "")
+    table.finish()
+    return auth
+
+
+def _dicomweb(w: _Table, base: DicomwebConfig) -> DicomwebConfig:
+    """A [dicomweb] table, or a [backends.NAME] one (whose defaults are `base`)."""
+    encoding = w.str_("query_encoding", base.query_encoding)
+    if encoding not in ("dicom", "strict"):
+        raise w.error("query_encoding", f'expected "dicom" or "strict", got {encoding!r}')
+    config = DicomwebConfig(
+        url=_url(w, "url", base.url),
+        timeout=w.float_("timeout", base.timeout),
+        query_encoding="dicom" if encoding == "dicom" else "strict",
+        page_size=w.int_("page_size", base.page_size, 1, 100000),
+        max_results=w.int_("max_results", base.max_results, 0),
+        max_connections=w.int_("max_connections", base.max_connections, 1, 1000),
+        retry_deadline=w.float_("retry_deadline", base.retry_deadline, -1.0),
+        max_retries=w.int_("max_retries", base.max_retries, 0, 100),
+        verify=w.bool_("verify", base.verify),
+        ca_bundle=w.path("ca_bundle") or base.ca_bundle,
+        client_cert=w.path("client_cert") or base.client_cert,
+        client_key=w.path("client_key") or base.client_key,
+        auth=_auth(w.sub("auth")) if "auth" in w.raw else base.auth,
+    )
+    if config.client_key and not config.client_cert:
+        raise w.error("client_cert", "expected a client certificate to go with client_key")
+    if "auth" not in w.raw:
+        w.used.add("auth")
+    w.finish()
+    return config
+
+
 def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Config:
     """Build a Config from parsed TOML; raises ConfigError naming the key and the expectation."""
     top = _Table(source, "", data)
@@ -227,6 +426,21 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         return _Table(source, name, data.get(name, {}))
 
     d = sub("dimse")
+    t = d.sub("tls")
+    tls = TlsListenerConfig(
+        enabled=t.bool_("enabled", False),
+        host=t.str_("host", TlsListenerConfig.host),
+        port=t.int_("port", TlsListenerConfig.port, 1, 65535),
+        certificate=t.path("certificate"),
+        private_key=t.path("private_key"),
+        ca_certificates=t.path("ca_certificates"),
+        require_client_certificate=t.bool_("require_client_certificate", False),
+    )
+    if tls.enabled and not (tls.certificate and tls.private_key):
+        raise t.error("certificate", "expected certificate and private_key when enabled")
+    if tls.require_client_certificate and not tls.ca_certificates:
+        raise t.error("ca_certificates", "expected the CAs that sign client certificates")
+    t.finish()
     dimse = DimseConfig(
         ae_title=_ae_title(d, "ae_title", DimseConfig.ae_title),
         host=d.str_("host", DimseConfig.host),
@@ -236,23 +450,27 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         shutdown_timeout=d.float_("shutdown_timeout", DimseConfig.shutdown_timeout),
         network_timeout=d.float_("network_timeout", DimseConfig.network_timeout),
         max_pdu=d.int_("max_pdu", DimseConfig.max_pdu, 0, 2**32 - 1),
+        tls=tls,
     )
     if not dimse.host:
         raise d.error("host", "expected a host name or IP address to listen on")
+    if tls.enabled and tls.port == dimse.port and tls.host == dimse.host:
+        raise t.error("port", "expected a port other than dimse.port")
     d.finish()
 
     w = sub("dicomweb")
-    encoding = w.str_("query_encoding", DicomwebConfig.query_encoding)
-    if encoding not in ("dicom", "strict"):
-        raise w.error("query_encoding", f'expected "dicom" or "strict", got {encoding!r}')
-    dicomweb = DicomwebConfig(
-        url=_url(w, "url", DicomwebConfig.url),
-        timeout=w.float_("timeout", DicomwebConfig.timeout),
-        query_encoding="dicom" if encoding == "dicom" else "strict",
-        page_size=w.int_("page_size", DicomwebConfig.page_size, 1, 100000),
-        max_results=w.int_("max_results", DicomwebConfig.max_results, 0),
-    )
-    w.finish()
+    dicomweb = _dicomweb(w, DicomwebConfig())
+
+    b = sub("backends")
+    backends: list[Backend] = []
+    for name in sorted(b.raw):
+        table = b.sub(name)
+        ae = _ae_title(table, "ae_title", "")
+        if ae == dimse.ae_title or any(existing.ae_title == ae for existing in backends):
+            raise table.error("ae_title", f"expected a called AE title of its own, {ae!r} is taken")
+        # A backend starts from the default backend's settings, auth excepted.
+        backends.append(Backend(name, ae, _dicomweb(table, replace(dicomweb, auth=AuthConfig()))))
+    b.finish()
 
     r = sub("retrieve")
     retrieve = RetrieveConfig(
@@ -279,7 +497,22 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
     level = lg.str_("level", LoggingConfig.level).upper()
     if level not in _LOG_LEVELS:
         raise lg.error("level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    log_format = lg.str_("format", LoggingConfig.format)
+    if log_format not in ("text", "json"):
+        raise lg.error("format", f'expected "text" or "json", got {log_format!r}')
     lg.finish()
+
+    o = sub("ops")
+    listen = o.str_("listen", OpsConfig.listen)
+    if listen:
+        host_part, _, port_part = listen.rpartition(":")
+        if not host_part or not port_part.isdigit() or not 0 < int(port_part) < 65536:
+            raise o.error("listen", f'expected "host:port", got {listen!r}')
+    ops = OpsConfig(
+        listen=listen,
+        progress_interval=o.float_("progress_interval", OpsConfig.progress_interval),
+    )
+    o.finish()
 
     top.used.add("peers")
     raw_peers = data.get("peers", [])
@@ -306,8 +539,10 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         dicomweb=dicomweb,
         retrieve=retrieve,
         move=move,
-        logging=LoggingConfig(level=level),
+        logging=LoggingConfig(level=level, format=log_format),
+        ops=ops,
         peers=tuple(peers),
+        backends=tuple(backends),
         source=source,
     )
 

@@ -43,6 +43,10 @@ class InvalidIdentifier(TranslationError):
 class DicomwebError(BridgeError):
     """Talking to the DICOMweb server failed."""
 
+    # True when the request provably never reached the server (no connection was made):
+    # the one case where a non-idempotent request (STOW-RS) may be retried.
+    never_sent: bool = False
+
 
 class DicomwebUnavailable(DicomwebError):
     """The DICOMweb server could not be reached."""
@@ -55,10 +59,14 @@ class DicomwebTimeout(DicomwebError):
 class DicomwebHTTPError(DicomwebError):
     """The DICOMweb server answered with an HTTP error status."""
 
-    def __init__(self, status_code: int, reason: str, url: str) -> None:
+    def __init__(
+        self, status_code: int, reason: str, url: str, retry_after: float | None = None
+    ) -> None:
         self.status_code = status_code
         self.reason = reason
         self.url = url
+        # Seconds the server asked to wait (Retry-After), when it did.
+        self.retry_after = retry_after
         super().__init__(f"HTTP {status_code} {reason} from {url}")
 
 

@@ -7,17 +7,22 @@ which is how a DIMSE C-CANCEL reaches the server at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 
+from bridge.config import DicomwebConfig
 from bridge.dicomweb.multipart import MultipartDecoder, Part, boundary_from_content_type
+from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import (
     new_boundary,
     parse_stow_response,
@@ -80,12 +85,18 @@ def map_errors(url: str) -> Iterator[None]:
     """Turn httpx exceptions into the bridge's DicomwebError tree (see bridge.errors)."""
     try:
         yield
+    except httpx.ConnectTimeout as exc:
+        error: DicomwebError = DicomwebTimeout(f"timed out connecting to {_safe_url(url)}")
+        error.never_sent = True
+        raise error from exc
     except httpx.TimeoutException as exc:
         raise DicomwebTimeout(
             f"timed out talking to {_safe_url(url)}: {type(exc).__name__}"
         ) from exc
     except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
-        raise DicomwebUnavailable(f"cannot connect to {_safe_url(url)}: {exc}") from exc
+        error = DicomwebUnavailable(f"cannot connect to {_safe_url(url)}: {exc}")
+        error.never_sent = True
+        raise error from exc
     except httpx.RemoteProtocolError as exc:
         raise DicomwebProtocolError(f"broken HTTP answer from {_safe_url(url)}: {exc}") from exc
     except httpx.TransportError as exc:
@@ -111,7 +122,10 @@ def raise_for_status(response: httpx.Response) -> None:
         )
     if response.status_code >= 400:
         raise DicomwebHTTPError(
-            response.status_code, response.reason_phrase, _safe_url(str(response.url))
+            response.status_code,
+            response.reason_phrase,
+            _safe_url(str(response.url)),
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
         )
 
 
@@ -135,6 +149,16 @@ def _more_hinted(response: httpx.Response) -> bool:
     return "additional results" in warning or "more results" in warning
 
 
+# (backend, kind, outcome, seconds) of each HTTP exchange, for metrics.
+Observer = Callable[[str, str, str, float], None]
+T = TypeVar("T")
+_ERROR_OUTCOMES: dict[type[DicomwebError], str] = {
+    DicomwebTimeout: "timeout",
+    DicomwebUnavailable: "connect_error",
+    DicomwebProtocolError: "protocol_error",
+}
+
+
 def is_last_page(page: QidoPage, page_size: int) -> bool:
     """Whether paging stops after `page`: it came back short and the server hinted no more."""
     return not page.results or (len(page.results) < page_size and not page.more_hinted)
@@ -143,16 +167,57 @@ def is_last_page(page: QidoPage, page_size: int) -> bool:
 class DicomwebClient:
     """QIDO-RS / WADO-RS / STOW-RS against one DICOMweb base URL, over an injected client."""
 
-    def __init__(self, http: httpx.AsyncClient, base_url: str, *, query_encoding: str) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        query_encoding: str,
+        policy: RetryPolicy | None = None,
+        backend: str = "default",
+        observer: Observer | None = None,
+    ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.query_encoding = query_encoding
+        self.policy = policy or RetryPolicy()
+        self.backend = backend
+        self.observer = observer
+
+    async def _observed(self, kind: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Run one HTTP exchange, reporting its outcome and duration to the observer."""
+        started = time.monotonic()
+        outcome = "200"
+        try:
+            result = await attempt()
+        except DicomwebHTTPError as exc:
+            outcome = str(exc.status_code)
+            raise
+        except DicomwebError as exc:
+            outcome = _ERROR_OUTCOMES.get(type(exc), "error")
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            if self.observer is not None:
+                self.observer(self.backend, kind, outcome, time.monotonic() - started)
+        return result
+
+    async def _read(self, kind: str, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """An idempotent read, retried as RetryPolicy allows."""
+        return await retrying(
+            lambda: self._observed(kind, attempt), self.policy, idempotent=True, what=what
+        )
 
     async def search(self, query: QidoQuery, *, offset: int, limit: int) -> QidoPage:
         """One page of a QIDO-RS search."""
         url = build_qido_url(
             self.base_url, query, offset=offset, limit=limit, policy=self.query_encoding
         )
+        return await self._read("qido", "QIDO-RS", lambda: self._search_once(url))
+
+    async def _search_once(self, url: str) -> QidoPage:
         LOGGER.debug("QIDO-RS %s", url)
         with map_errors(url):
             response = await self.http.get(url, headers={"Accept": DICOM_JSON})
@@ -182,6 +247,9 @@ class DicomwebClient:
     async def retrieve_metadata(self, ref: InstanceRef) -> dict[str, Any]:
         """WADO-RS metadata of one instance (DICOM JSON, bulk data as BulkDataURI)."""
         url = self.instance_url(ref) + "/metadata"
+        return await self._read("wado", "WADO-RS metadata", lambda: self._metadata_once(url))
+
+    async def _metadata_once(self, url: str) -> dict[str, Any]:
         with map_errors(url):
             response = await self.http.get(url, headers={"Accept": DICOM_JSON})
         raise_for_status(response)
@@ -201,6 +269,9 @@ class DicomwebClient:
         return [part.content for part in await self._get_multipart(url, accept)]
 
     async def _get_multipart(self, url: str, accept: str) -> list[Part]:
+        return await self._read("wado", "WADO-RS", lambda: self._get_multipart_once(url, accept))
+
+    async def _get_multipart_once(self, url: str, accept: str) -> list[Part]:
         """GET a multipart/related resource and decode it while it streams in."""
         LOGGER.debug("WADO-RS %s", url)
         with map_errors(url):
@@ -221,16 +292,23 @@ class DicomwebClient:
         only transport failures raise.
         """
         url = f"{self.base_url}/studies"
-        boundary = new_boundary()
-        headers = {
-            "Content-Type": stow_content_type(boundary),
-            "Accept": DICOM_JSON,
-            **_NO_GZIP,
-        }
-        with map_errors(url):
-            response = await self.http.post(
-                url, content=stream_part10(path, boundary), headers=headers
-            )
+
+        async def attempt() -> httpx.Response:
+            boundary = new_boundary()
+            headers = {
+                "Content-Type": stow_content_type(boundary),
+                "Accept": DICOM_JSON,
+                **_NO_GZIP,
+            }
+            with map_errors(url):
+                return await self.http.post(
+                    url, content=stream_part10(path, boundary), headers=headers
+                )
+
+        # Not idempotent: retried only when no connection could be made at all.
+        response = await retrying(
+            lambda: self._observed("stow", attempt), self.policy, idempotent=False, what="STOW-RS"
+        )
         LOGGER.debug("STOW-RS %s -> %d", url, response.status_code)
         return parse_stow_response(
             response.status_code, response.content, sop_instance_uid, response.reason_phrase
@@ -257,16 +335,45 @@ class DicomwebClient:
         return f"QIDO-RS answered HTTP {response.status_code} ({len(results)} result, {server})"
 
 
-def make_http_client(timeout: float, max_connections: int = 32) -> httpx.AsyncClient:
-    """The shared HTTP client; per-request timeout as configured, connections pooled."""
+def make_http_client(config: DicomwebConfig, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+    """The HTTP client of one backend: timeouts, connection cap, TLS and auth as configured."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout),
+        # No pool timeout: waiting for one of the capped connections is not the server's
+        # fault, and a cancel still interrupts the wait.
+        timeout=httpx.Timeout(config.timeout, pool=None),
         limits=httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
             # Orthanc drops idle keep-alive connections after 1 s; expire ours sooner so a
             # request rarely lands on a connection the server is closing.
             keepalive_expiry=0.8,
         ),
+        verify=tls_context(config),
+        auth=auth,
         follow_redirects=False,
     )
+
+
+def make_client(
+    config: DicomwebConfig, *, backend: str = "default", observer: Observer | None = None
+) -> DicomwebClient:
+    """A DicomwebClient for one configured backend. Call it on the event loop's thread."""
+    policy = RetryPolicy(deadline=config.retry_deadline, max_retries=config.max_retries)
+    return DicomwebClient(
+        make_http_client(config),
+        config.url,
+        query_encoding=config.query_encoding,
+        policy=policy,
+        backend=backend,
+        observer=observer,
+    )
+
+
+def tls_context(config: DicomwebConfig) -> ssl.SSLContext | bool:
+    """Certificate verification (on by default), a custom CA bundle, a client certificate."""
+    if not config.verify:
+        return False
+    context = ssl.create_default_context(cafile=config.ca_bundle or None)
+    if config.client_cert:
+        context.load_cert_chain(config.client_cert, config.client_key or None)
+    return context

@@ -41,6 +41,7 @@ _UIDS_PER_QUERY = 50  # keeps each QIDO-RS URL well under common 8 KB limits
 
 def handle_action(event: Any, ctx: BridgeContext) -> tuple[Dataset | int, Dataset | None]:
     """pynetdicom EVT_N_ACTION handler."""
+    ctx = ctx.for_event(event)
     if event.request.ActionTypeID != REQUEST_COMMITMENT:
         return status_dataset(NO_SUCH_ACTION, "only Request Storage Commitment (1)"), None
     try:
@@ -73,7 +74,7 @@ def present_instances(ctx: BridgeContext, uids: Iterable[str]) -> set[str]:
     """The SOP Instance UIDs among `uids` the DICOMweb server holds (QIDO-RS UID lists)."""
     wanted = sorted(set(uids))
     found: set[str] = set()
-    page_size = ctx.config.dicomweb.page_size
+    page_size = ctx.dicomweb.page_size
     for start in range(0, len(wanted), _UIDS_PER_QUERY):
         chunk = wanted[start : start + _UIDS_PER_QUERY]
         query = QidoQuery(

@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.aio import LoopThread
-from bridge.config import Config
+from bridge.config import Config, DicomwebConfig
 from bridge.dicomweb.client import DicomwebClient
 
 
 @dataclass(frozen=True)
 class BridgeContext:
+    """The config, the event loop, and the DICOMweb backend a request is answered from.
+
+    The context bound to the handlers is the default backend's; ``for_event`` picks the
+    backend the called AE title of the association selects (``[backends.NAME]``).
+    """
+
     config: Config
     loop: LoopThread
     client: DicomwebClient
+    dicomweb: DicomwebConfig
+    backend: str = "default"
+    # called AE title → (backend name, client, config) of the named backends
+    routes: Mapping[str, tuple[str, DicomwebClient, DicomwebConfig]] = field(default_factory=dict)
+
+    def for_event(self, event: Any) -> BridgeContext:
+        called = str(event.assoc.acceptor.ae_title).strip()
+        route = self.routes.get(called)
+        if route is None:
+            return self
+        name, client, dicomweb = route
+        return replace(self, client=client, dicomweb=dicomweb, backend=name, routes={})
 
 
 class CancelWatch:

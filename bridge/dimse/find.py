@@ -54,6 +54,7 @@ def decode_identifier(event: Any) -> Dataset:
 
 def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
     """pynetdicom EVT_C_FIND handler: pending per match, then stop (pynetdicom adds Success)."""
+    ctx = ctx.for_event(event)
     model = FIND_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     cancelled = CancelWatch(event)
     try:
@@ -77,7 +78,7 @@ def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
 
 
 def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Iterator[Response]:
-    web = ctx.config.dicomweb
+    web = ctx.dicomweb
     ae_title = ctx.config.dimse.ae_title
     max_results = web.max_results
     sent = 0

@@ -55,6 +55,7 @@ GET_MODELS = {
 
 def handle_get(event: Any, ctx: BridgeContext) -> Iterator[Response]:
     """pynetdicom EVT_C_GET handler."""
+    ctx = ctx.for_event(event)
     model = GET_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     peer = event.assoc.requestor.ae_title
     cancelled = CancelWatch(event)

@@ -104,6 +104,7 @@ class _CommentOnRefusal:
 
 def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
     """pynetdicom EVT_C_MOVE handler."""
+    ctx = ctx.for_event(event)
     model = MOVE_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     requestor = event.assoc.requestor.ae_title
     destination_ae = str(event.request.MoveDestination or "").strip()

@@ -61,7 +61,7 @@ def list_instances(
     plan: RetrievePlan, ctx: BridgeContext, cancelled: Callable[[], bool]
 ) -> list[InstanceRef]:
     """Every instance the plan matches, paged to the end, in sending order."""
-    page_size = ctx.config.dicomweb.page_size
+    page_size = ctx.dicomweb.page_size
     refs: dict[str, InstanceRef] = {}
     offset = 0
     while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -18,8 +19,8 @@ from pynetdicom import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.aio import LoopThread
-from bridge.config import Config
-from bridge.dicomweb.client import DicomwebClient, make_http_client
+from bridge.config import Config, TlsListenerConfig
+from bridge.dicomweb.client import DicomwebClient, make_client
 from bridge.dimse import sop
 from bridge.dimse.commitment import handle_action
 from bridge.dimse.context import BridgeContext
@@ -97,24 +98,32 @@ def build_ae(config: Config) -> AE:
 
 
 class Bridge:
-    """A running bridge: HTTP loop, DICOMweb client and DIMSE listener; stop() shuts down."""
+    """A running bridge: HTTP loop, DICOMweb clients and DIMSE listeners; stop() shuts down."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = LoopThread()
         self.ae = build_ae(config)
-        self.server: ThreadedAssociationServer | None = None
-        self._http: Any = None
+        self.servers: list[ThreadedAssociationServer] = []
+        self.clients: dict[str, DicomwebClient] = {}
+        self.context: BridgeContext | None = None
 
     def start(self) -> None:
         self.loop.start()
-        self._http = self.loop.call(_make_client(self.config))
-        client = DicomwebClient(
-            self._http,
-            self.config.dicomweb.url,
-            query_encoding=self.config.dicomweb.query_encoding,
+        config = self.config
+        self.clients = self.loop.call(_make_clients(config))
+        routes = {
+            backend.ae_title: (backend.name, self.clients[backend.name], backend.dicomweb)
+            for backend in config.backends
+        }
+        ctx = BridgeContext(
+            config=config,
+            loop=self.loop,
+            client=self.clients["default"],
+            dicomweb=config.dicomweb,
+            routes=routes,
         )
-        ctx = BridgeContext(config=self.config, loop=self.loop, client=client)
+        self.context = ctx
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_ESTABLISHED, _log_association),
@@ -126,46 +135,67 @@ class Bridge:
             (evt.EVT_C_STORE, handle_store, [ctx]),
             (evt.EVT_N_ACTION, handle_action, [ctx]),
         ]
-        dimse = self.config.dimse
+        dimse = config.dimse
         try:
-            self.server = self.ae.start_server(
-                (dimse.host, dimse.port), block=False, evt_handlers=handlers
-            )
+            self._listen(dimse.host, dimse.port, handlers, None)
+            if dimse.tls.enabled:
+                tls = dimse.tls
+                self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
         except Exception:
-            self._close_http()
+            self.stop()
             raise
-        LOGGER.info(
-            "listening as %s on %s:%d, fronting %s",
-            dimse.ae_title,
-            dimse.host,
-            dimse.port,
-            self.config.dicomweb.url,
+        for backend in [("default", dimse.ae_title, config.dicomweb)] + [
+            (b.name, b.ae_title, b.dicomweb) for b in config.backends
+        ]:
+            LOGGER.info("called AE %s → backend %s: %s", backend[1], backend[0], backend[2].url)
+        LOGGER.info("listening as %s on %s:%d", dimse.ae_title, dimse.host, dimse.port)
+        if dimse.tls.enabled:
+            LOGGER.info("DICOM TLS listener on %s:%d", dimse.tls.host, dimse.tls.port)
+
+    def _listen(
+        self, host: str, port: int, handlers: list[Any], context: ssl.SSLContext | None
+    ) -> None:
+        server = self.ae.start_server(
+            (host, port), block=False, evt_handlers=handlers, ssl_context=context
         )
+        assert server is not None  # block=False always returns the server
+        self.servers.append(server)
 
     def active_associations(self) -> int:
-        return len(_working(self.server)) if self.server else 0
+        return sum(len(_working(server)) for server in self.servers)
 
     def stop(self) -> None:
         """Stop accepting, let running associations finish (bounded), then free everything."""
-        if self.server is not None:
-            self.server.shutdown()
-            deadline = time.monotonic() + self.config.dimse.shutdown_timeout
-            while _working(self.server) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for assoc in _working(self.server):
+        for server in self.servers:
+            server.shutdown()
+        deadline = time.monotonic() + self.config.dimse.shutdown_timeout
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for server in self.servers:
+            for assoc in _working(server):
                 LOGGER.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
                 assoc.abort()
-            self.server = None
+        self.servers = []
         self._close_http()
         self.loop.stop()
 
     def _close_http(self) -> None:
-        if self._http is not None:
-            http, self._http = self._http, None
+        clients, self.clients = self.clients, {}
+        for client in clients.values():
             try:
-                self.loop.call(http.aclose(), timeout=5)
+                self.loop.call(client.http.aclose(), timeout=5)
             except Exception:  # shutting down: nothing left to tell
-                LOGGER.debug("closing the HTTP client failed", exc_info=True)
+                LOGGER.debug("closing an HTTP client failed", exc_info=True)
+
+
+def server_tls_context(tls: TlsListenerConfig) -> ssl.SSLContext:
+    """DICOM TLS (PS3.15 B.1): server certificate, and client certificates when required."""
+    context = ssl.create_default_context(
+        ssl.Purpose.CLIENT_AUTH, cafile=tls.ca_certificates or None
+    )
+    context.load_cert_chain(tls.certificate, tls.private_key)
+    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_NONE
+    return context
 
 
 def _working(server: ThreadedAssociationServer) -> list[Any]:
@@ -179,9 +209,12 @@ def _working(server: ThreadedAssociationServer) -> list[Any]:
     ]
 
 
-async def _make_client(config: Config) -> Any:
-    # Created on the loop thread: the client's connection pool belongs to that loop.
-    return make_http_client(config.dicomweb.timeout)
+async def _make_clients(config: Config) -> dict[str, DicomwebClient]:
+    # Created on the loop thread: each client's connection pool belongs to that loop.
+    clients = {"default": make_client(config.dicomweb, backend="default")}
+    for backend in config.backends:
+        clients[backend.name] = make_client(backend.dicomweb, backend=backend.name)
+    return clients
 
 
 def serve_until(bridge: Bridge, stop: threading.Event) -> None:

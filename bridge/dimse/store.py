@@ -28,6 +28,7 @@ LOGGER = logging.getLogger(__name__)
 
 def handle_store(event: Any, ctx: BridgeContext) -> Dataset:
     """pynetdicom EVT_C_STORE handler."""
+    ctx = ctx.for_event(event)
     peer = event.assoc.requestor.ae_title
     sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
     try:
