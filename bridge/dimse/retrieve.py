@@ -23,7 +23,13 @@ from bridge.aio import Cancelled
 from bridge.dicomweb.client import ANY_SYNTAX, is_last_page
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.find import decode_identifier
-from bridge.errors import BridgeError, DicomwebError, DicomwebProtocolError, InvalidIdentifier
+from bridge.errors import (
+    BridgeError,
+    DicomwebError,
+    DicomwebHTTPError,
+    DicomwebProtocolError,
+    InvalidIdentifier,
+)
 from bridge.models import InformationModel, InstanceRef
 from bridge.pipeline import Prefetcher, PrefetchHandle
 from bridge.translate.frames import FrameError, metadata_dataset
@@ -171,11 +177,18 @@ class InstanceSource:
             raise NoAcceptableContext(f"no accepted presentation context for {ref.sop_class_uid}")
         if self.metadata_only:
             return Payload(metadata=await self.ctx.client.retrieve_metadata(ref))
-        hint = self.hints.get((ref.series_uid, ref.sop_class_uid), ANY_SYNTAX)
-        part10 = await self.ctx.client.retrieve_instance(
-            ref, ANY_SYNTAX if hint == _LOCAL else hint
-        )
-        return Payload(part10=part10)
+        key = (ref.series_uid, ref.sop_class_uid)
+        hint = self.hints.get(key, ANY_SYNTAX)
+        if hint in (ANY_SYNTAX, _LOCAL):
+            return Payload(part10=await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX))
+        try:
+            return Payload(part10=await self.ctx.client.retrieve_instance(ref, hint))
+        except DicomwebHTTPError as exc:
+            if exc.status_code != 406 and exc.status_code < 500:
+                raise
+            # This instance is stored in a syntax the server cannot transcode from (a
+            # series may mix syntaxes): fetch it as stored and let _prepare decide.
+            return Payload(part10=await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX))
 
     def subops(self) -> Generator[SubOp, None, None]:
         retrieve = self.ctx.config.retrieve
@@ -236,7 +249,8 @@ class InstanceSource:
                 LOGGER.info("transcoded answer unreadable (%s); trying locally", exc)
         if can_decompress_locally(stored, accepted):
             try:
-                ds.decompress()
+                # pydicom would otherwise give the decompressed copy a new SOP Instance UID.
+                ds.decompress(generate_instance_uid=False)
                 ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             except Exception as exc:
                 return SubOp(ref, error=f"cannot decompress {stored}: {exc}")

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
@@ -61,6 +62,13 @@ def _log_rejected(event: Any) -> None:
     LOGGER.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
 
 
+# The acceptor picks the first of its own syntaxes the peer proposed: prefer Explicit VR
+# Little Endian, which keeps VRs (private elements) and is what WADO-RS sends by default.
+ACCEPT_ORDER = [ExplicitVRLittleEndian, ImplicitVRLittleEndian] + [
+    ts for ts in ALL_TRANSFER_SYNTAXES if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+]
+
+
 def build_ae(config: Config) -> AE:
     """The application entity with every supported context and the association policy."""
     dimse = config.dimse
@@ -74,7 +82,7 @@ def build_ae(config: Config) -> AE:
     if not dimse.accept_unknown_peers:
         # pynetdicom answers A-ASSOCIATE-RJ "calling AE title not recognised".
         ae.require_calling_aet = [peer.ae_title for peer in config.peers]
-    ae.add_supported_context(sop.VERIFICATION, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(sop.VERIFICATION, ACCEPT_ORDER)
     for sop_class in (
         sop.PATIENT_ROOT_FIND,
         sop.STUDY_ROOT_FIND,
@@ -87,12 +95,12 @@ def build_ae(config: Config) -> AE:
         sop.COMPOSITE_INSTANCE_ROOT_MOVE,
         sop.STORAGE_COMMITMENT_PUSH,
     ):
-        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(sop_class, ACCEPT_ORDER)
     # C-GET sends its sub-operations on the same association: accept the SCP role the
     # retrieving peer proposes for every storage SOP class, in any transfer syntax.
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(
-            str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            str(cx.abstract_syntax), ACCEPT_ORDER, scu_role=True, scp_role=True
         )
     return ae
 

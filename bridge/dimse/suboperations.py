@@ -18,7 +18,14 @@ from bridge.aio import Cancelled
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.retrieve import InstanceSource, Tally, accepted_syntaxes, failed_list
 from bridge.models import InstanceRef
-from bridge.translate.status import CANCEL, PENDING, SUCCESS, internal_error, status_dataset
+from bridge.translate.status import (
+    CANCEL,
+    OUT_OF_RESOURCES,
+    PENDING,
+    SUCCESS,
+    internal_error,
+    status_dataset,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -26,28 +33,15 @@ LOGGER = logging.getLogger(__name__)
 Response = int | tuple[int | Dataset, Any]
 
 
-class _FailedSubOp:
-    """Yielded as a pending 'dataset' for an instance that could not be fetched.
+class FailedSubOp(Dataset):
+    """Yielded as the pending data set of an instance that could not be fetched or
+    converted. The wrapped ``send_c_store`` (StoreOutcomes) answers it with 0xA700
+    without sending anything, so pynetdicom counts one failed sub-operation, lowers the
+    remaining count and lists the SOP Instance UID: its counters stay exact."""
 
-    pynetdicom counts a pending yield that is not a Dataset as one failed sub-operation,
-    which keeps its Number of Failed/Remaining Sub-operations exact; the bridge's own
-    Failed SOP Instance UID List replaces pynetdicom's at the end.
-    """
-
-    def __bool__(self) -> bool:
-        return True
-
-
-FAILED_SUBOP = _FailedSubOp()
-
-
-class _DropInvalidDatasetLog(logging.Filter):
-    # pynetdicom logs an ERROR for every FAILED_SUBOP; the bridge logs the real reason.
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Received invalid dataset from callback" not in record.getMessage()
-
-
-logging.getLogger("pynetdicom.service_class").addFilter(_DropInvalidDatasetLog())
+    def __init__(self, sop_instance_uid: str) -> None:
+        super().__init__()
+        self.SOPInstanceUID = sop_instance_uid
 
 
 class StoreOutcomes:
@@ -66,6 +60,9 @@ class StoreOutcomes:
 
         def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
             self.last = None
+            if isinstance(dataset, FailedSubOp):
+                self.last = OUT_OF_RESOURCES
+                return status_dataset(OUT_OF_RESOURCES)
             try:
                 rsp = original(dataset, *args, **kwargs)
             except Exception as exc:
@@ -122,7 +119,7 @@ def run_suboperations(
                         subop.error,
                     )
                     tally.failed.append(subop.ref.sop_instance_uid)
-                    yield PENDING, FAILED_SUBOP
+                    yield PENDING, FailedSubOp(subop.ref.sop_instance_uid)
                     continue
                 yield PENDING, subop.dataset
                 tally.record_store(subop.ref, outcomes.last, subop.size)

@@ -1,0 +1,424 @@
+"""Prometheus metrics of the bridge, and the pynetdicom event hooks that feed most of them.
+
+``Metrics`` owns its own ``CollectorRegistry``: nothing is registered in prometheus_client's
+global registry, so tests (and a process embedding several bridges) can create as many as
+they like. Every recording method is a few dictionary look-ups under prometheus_client's
+own locks: cheap and safe to call from any DIMSE thread or from the HTTP event loop.
+
+Label values are kept to small closed sets (service names, status codes, outcome names):
+no AE titles, hosts, UIDs or URLs, which would make the series count unbounded and could
+carry patient data.
+
+``dimse_event_handlers`` observes associations and DIMSE messages on the wire, so that
+association counts, DIMSE statuses, sub-operation counts and C-CANCELs are recorded
+without touching the service handlers. ``HttpTimer`` / ``Metrics.time_http`` wrap one
+DICOMweb HTTP request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import httpx
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from pynetdicom import evt
+
+from bridge import __version__
+from bridge.aio import Cancelled
+from bridge.errors import (
+    DicomwebHTTPError,
+    DicomwebProtocolError,
+    DicomwebTimeout,
+)
+
+# The classic Prometheus text format. prometheus_client's CONTENT_TYPE_LATEST moved to
+# "version=1.0.0" in recent releases, which older scrapers do not know; our metric and
+# label names are plain ASCII, so the 0.0.4 text is what generate_latest writes anyway.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# DICOMweb request durations: QIDO-RS pages take milliseconds, WADO-RS of a large
+# multi-frame instance or a STOW-RS upload can take most of dicomweb.timeout (30 s by
+# default) or longer when the body streams slowly, hence buckets up to two minutes.
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+# Warnings outside 0xB000-0xBFFF (PS3.7 C.4): 0x0001 optional keys not supported (C-FIND),
+# 0x0107 attribute list error and 0x0116 attribute value out of range (DIMSE-N).
+_WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116})
+_SUCCESS = 0x0000
+_CANCEL = 0xFE00
+_PENDING = frozenset({0xFF00, 0xFF01})
+
+
+def status_category(status: int) -> str:
+    """success, warning, failure or cancel: the class of a final DIMSE status (PS3.7 C)."""
+    if status == _SUCCESS:
+        return "success"
+    if status == _CANCEL:
+        return "cancel"
+    if 0xB000 <= status <= 0xBFFF or status in _WARNING_STATUSES:
+        return "warning"
+    return "failure"
+
+
+def status_label(status: int) -> str:
+    """The status as the label value ``0x0000``: the notation of PS3.7 and the README."""
+    return f"0x{status & 0xFFFF:04X}"
+
+
+class Metrics:
+    """The bridge's metrics, in a registry of their own; see the module docstring."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        if process:
+            # process_resident_memory_bytes & co.: what the memory sizing of deploy/ is
+            # checked against; the GC counters explain latency spikes.
+            ProcessCollector(registry=r)
+            GCCollector(registry=r)
+        build = Gauge(
+            "dimse_bridge_build_info",
+            "Always 1; the version label says which bridge is running.",
+            ["version"],
+            registry=r,
+        )
+        build.labels(__version__).set(1)
+        self._associations_active = Gauge(
+            "dimse_bridge_associations_active",
+            "DIMSE associations established with the bridge and not yet ended.",
+            registry=r,
+        )
+        self._associations = Counter(
+            "dimse_bridge_associations_total",
+            "Association requests received, by outcome (accepted or rejected).",
+            ["outcome"],
+            registry=r,
+        )
+        self._rejections = Counter(
+            "dimse_bridge_association_rejections_total",
+            "Association requests rejected, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self._dimse = Counter(
+            "dimse_bridge_dimse_requests_total",
+            "DIMSE requests answered, by service and final status (category: success, "
+            "warning, failure or cancel).",
+            ["service", "status", "category"],
+            registry=r,
+        )
+        self._subops = Counter(
+            "dimse_bridge_suboperations_total",
+            "C-STORE sub-operations of C-GET and C-MOVE, by outcome.",
+            ["service", "outcome"],
+            registry=r,
+        )
+        self._bytes = Counter(
+            "dimse_bridge_bytes_total",
+            "Bytes of DICOM instances moved over DIMSE, by service and direction.",
+            ["service", "direction"],
+            registry=r,
+        )
+        self._http = Counter(
+            "dimse_bridge_http_requests_total",
+            "HTTP requests to DICOMweb backends, by kind (qido, wado, stow, probe) and "
+            "outcome (HTTP status code, or timeout, connect_error, cancelled, ...).",
+            ["backend", "kind", "outcome"],
+            registry=r,
+        )
+        self._http_seconds = Histogram(
+            "dimse_bridge_http_request_seconds",
+            "Duration of HTTP requests to DICOMweb backends, body transfer included.",
+            ["backend", "kind"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self._cancels = Counter(
+            "dimse_bridge_cancels_total",
+            "C-CANCEL requests received, by the service they cancel.",
+            ["service"],
+            registry=r,
+        )
+        # Both outcomes exist from the start so that rate() and absent() work on a bridge
+        # that has not yet rejected anyone.
+        for outcome in ("accepted", "rejected"):
+            self._associations.labels(outcome)
+        self._active = 0
+        self._active_lock = threading.Lock()
+
+    # --- associations -------------------------------------------------------------------
+
+    def association_opened(self) -> None:
+        """An association was established (A-ASSOCIATE-AC sent)."""
+        self._associations.labels("accepted").inc()
+        with self._active_lock:
+            self._active += 1
+            self._associations_active.set(self._active)
+
+    def association_closed(self) -> None:
+        """An established association ended (released, aborted or its connection lost)."""
+        with self._active_lock:
+            # Clamped: a stray extra close must not leave the gauge negative for good.
+            self._active = max(0, self._active - 1)
+            self._associations_active.set(self._active)
+
+    def association_rejected(self, reason: str) -> None:
+        """An association request was answered with A-ASSOCIATE-RJ for `reason`."""
+        self._associations.labels("rejected").inc()
+        self._rejections.labels(reason).inc()
+
+    # --- DIMSE --------------------------------------------------------------------------
+
+    def dimse_request(self, service: str, status: int) -> None:
+        """A request of `service` (``C-FIND``, ...) was answered with final `status`.
+
+        Pending statuses (0xFF00, 0xFF01) are not final: pass only the last response's.
+        """
+        self._dimse.labels(service, status_label(status), status_category(status)).inc()
+
+    def suboperations(self, service: str, completed: int, warning: int, failed: int) -> None:
+        """Outcomes of the C-STORE sub-operations of one C-GET or C-MOVE."""
+        # Negative counts would make prometheus_client raise in a DIMSE thread: drop them.
+        self._subops.labels(service, "completed").inc(max(0, completed))
+        self._subops.labels(service, "warning").inc(max(0, warning))
+        self._subops.labels(service, "failed").inc(max(0, failed))
+
+    def bytes_transferred(self, service: str, direction: str, n: int) -> None:
+        """`n` bytes of instances moved for `service`; direction ``in`` (received from a
+        DIMSE peer: C-STORE) or ``out`` (sent to one: C-GET/C-MOVE sub-operations)."""
+        if n > 0:
+            self._bytes.labels(service, direction).inc(n)
+
+    def cancelled(self, service: str) -> None:
+        """A C-CANCEL arrived for a running request of `service`."""
+        self._cancels.labels(service).inc()
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    def http_request(self, backend: str, kind: str, outcome: str, seconds: float) -> None:
+        """One HTTP request to DICOMweb `backend` ended with `outcome` after `seconds`."""
+        self._http.labels(backend, kind, outcome).inc()
+        self._http_seconds.labels(backend, kind).observe(max(0.0, seconds))
+
+    def time_http(self, backend: str, kind: str) -> HttpTimer:
+        """A context manager timing one HTTP request; see ``HttpTimer``."""
+        return HttpTimer(self, backend, kind)
+
+    # --- exposition ---------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of every metric, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE
+
+
+class HttpTimer:
+    """Times one HTTP request and records it when the ``with`` block ends.
+
+    Set ``outcome`` (e.g. ``timer.set_status(response.status_code)``) once the answer is
+    in; an exception leaving the block is classified by ``http_outcome`` instead and
+    propagates unchanged. A block that ends without either records ``unknown``.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        backend: str,
+        kind: str,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.metrics = metrics
+        self.backend = backend
+        self.kind = kind
+        self.outcome: str | None = None
+        self._clock = clock
+        self._start = 0.0
+
+    def set_status(self, status_code: int) -> None:
+        self.outcome = str(status_code)
+
+    def __enter__(self) -> HttpTimer:
+        self._start = self._clock()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # An HTTP error status raised after set_status() keeps the status as outcome.
+        if exc is not None and self.outcome is None:
+            self.outcome = http_outcome(exc)
+        self.metrics.http_request(
+            self.backend, self.kind, self.outcome or "unknown", self._clock() - self._start
+        )
+
+
+def http_outcome(exc: BaseException) -> str:
+    """The outcome label of an HTTP request that raised `exc`.
+
+    Works on httpx's exceptions and on the bridge's DicomwebError tree (whose
+    ``__cause__`` is the httpx exception it was mapped from).
+    """
+    if isinstance(exc, asyncio.CancelledError | Cancelled):
+        return "cancelled"
+    if isinstance(exc, DicomwebHTTPError):
+        return str(exc.status_code)
+    if isinstance(exc, DicomwebTimeout | httpx.TimeoutException | TimeoutError):
+        return "timeout"
+    cause = exc.__cause__
+    if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol) or isinstance(
+        cause, httpx.ConnectError | httpx.UnsupportedProtocol
+    ):
+        return "connect_error"
+    if isinstance(exc, DicomwebProtocolError | httpx.RemoteProtocolError):
+        return "protocol_error"
+    if isinstance(exc, httpx.TransportError) or isinstance(cause, httpx.TransportError):
+        # A reset or a closed connection after the request went out.
+        return "transport_error"
+    return "error"
+
+
+# --- pynetdicom event hooks -----------------------------------------------------------
+
+# DIMSE Command Field values (PS3.7 E.1): responses have bit 15 set.
+_RESPONSE_SERVICES = {
+    0x8001: "C-STORE",
+    0x8010: "C-GET",
+    0x8020: "C-FIND",
+    0x8021: "C-MOVE",
+    0x8030: "C-ECHO",
+    0x8100: "N-EVENT-REPORT",
+    0x8110: "N-GET",
+    0x8120: "N-SET",
+    0x8130: "N-ACTION",
+    0x8140: "N-CREATE",
+    0x8150: "N-DELETE",
+}
+_CANCELLABLE_REQUESTS = {0x0010: "C-GET", 0x0020: "C-FIND", 0x0021: "C-MOVE"}
+_C_CANCEL_RQ = 0x0FFF
+_SUBOP_SERVICES = frozenset({"C-GET", "C-MOVE"})
+
+
+class DimseObserver:
+    """pynetdicom notification handlers that record association and DIMSE metrics.
+
+    Bound with the server (``start_server(evt_handlers=...)``), they see the associations
+    peers open with the bridge, not the bridge's own outgoing ones (C-MOVE and storage
+    commitment sub-associations get only the handlers passed to ``associate``).
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        # Associations counted as open. An association ends with EVT_RELEASED or
+        # EVT_ABORTED, and its connection with EVT_CONN_CLOSE; a dropped thread may fire
+        # only some of them, so the first one closes and the others find nothing.
+        self._open: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The last C-FIND/C-GET/C-MOVE request per association: pynetdicom serves one
+        # request at a time per association, so that is what a C-CANCEL refers to.
+        self._last_request: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+    def handlers(self) -> list[evt.EventHandlerType]:
+        return [
+            (evt.EVT_ESTABLISHED, self.on_established),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_RELEASED, self.on_ended),
+            (evt.EVT_ABORTED, self.on_ended),
+            (evt.EVT_CONN_CLOSE, self.on_ended),
+            (evt.EVT_DIMSE_SENT, self.on_dimse_sent),
+            (evt.EVT_DIMSE_RECV, self.on_dimse_recv),
+        ]
+
+    def on_established(self, event: Any) -> None:
+        with self._lock:
+            if event.assoc in self._open:
+                return
+            self._open.add(event.assoc)
+        self.metrics.association_opened()
+
+    def on_ended(self, event: Any) -> None:
+        with self._lock:
+            if event.assoc not in self._open:
+                return
+            self._open.discard(event.assoc)
+        self.metrics.association_closed()
+
+    def on_rejected(self, event: Any) -> None:
+        self.metrics.association_rejected(rejection_reason(event.assoc))
+
+    def on_dimse_sent(self, event: Any) -> None:
+        command = event.message.command_set
+        service = _RESPONSE_SERVICES.get(int(command.get("CommandField", 0) or 0))
+        if service is None:
+            return  # a request we send (C-STORE sub-operation, N-EVENT-REPORT)
+        status = command.get("Status")
+        if status is None or int(status) in _PENDING:
+            return
+        self.metrics.dimse_request(service, int(status))
+        if service in _SUBOP_SERVICES:
+            self.metrics.suboperations(
+                service,
+                _count(command, "NumberOfCompletedSuboperations"),
+                _count(command, "NumberOfWarningSuboperations"),
+                _count(command, "NumberOfFailedSuboperations"),
+            )
+
+    def on_dimse_recv(self, event: Any) -> None:
+        command = event.message.command_set
+        field = int(command.get("CommandField", 0) or 0)
+        if field in _CANCELLABLE_REQUESTS:
+            with self._lock:
+                self._last_request[event.assoc] = _CANCELLABLE_REQUESTS[field]
+        elif field == _C_CANCEL_RQ:
+            with self._lock:
+                service = self._last_request.get(event.assoc, "unknown")
+            self.metrics.cancelled(service)
+
+
+def _count(command: Any, keyword: str) -> int:
+    value = command.get(keyword)
+    return int(value) if value is not None else 0
+
+
+def rejection_reason(assoc: Any) -> str:
+    """Why pynetdicom rejected `assoc`: it does not say, so its checks are redone.
+
+    The order follows pynetdicom's ``_negotiate_as_acceptor``, where a later check
+    overrides an earlier one: the association limit wins, then the called and the
+    calling AE title. Best effort: a label, never an exception.
+    """
+    try:
+        ae = assoc.ae
+        acceptors = [a for a in ae.active_associations if a.is_acceptor]
+        if len(acceptors) > ae.maximum_associations:
+            return "too_many_associations"
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        if ae.require_called_aet and called != str(assoc.acceptor.ae_title).strip():
+            return "called_ae_not_recognized"
+        allowed = [str(t).strip() for t in ae.require_calling_aet]
+        if allowed and str(assoc.requestor.ae_title).strip() not in allowed:
+            return "calling_ae_not_recognized"
+    except Exception:
+        return "other"
+    return "other"
+
+
+def dimse_event_handlers(metrics: Metrics) -> list[evt.EventHandlerType]:
+    """The pynetdicom ``evt_handlers`` entries that feed `metrics` from the wire: append
+    them to the list given to ``AE.start_server``."""
+    return DimseObserver(metrics).handlers()
