@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pydicom import Dataset
+from pynetdicom.dsutils import encode
 
 from bridge.aio import Cancelled
 from bridge.dicomweb.client import is_last_page
@@ -58,7 +59,11 @@ def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
     model = FIND_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     cancelled = CancelWatch(event)
     try:
-        plan = build_find_plan(decode_identifier(event), model)
+        plan = build_find_plan(
+            decode_identifier(event),
+            model,
+            ascii_queries=ctx.dicomweb.query_encoding == "dicom",
+        )
         LOGGER.info(
             "C-FIND %s %s from %s",
             model.value,
@@ -97,6 +102,8 @@ def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Itera
                 result = json_to_dataset(raw)
             except Exception as exc:
                 raise DicomwebProtocolError(f"bad DICOM JSON in QIDO-RS answer: {exc}") from exc
+            if not plan.accepts(result):
+                continue
             if plan.level is QueryLevel.PATIENT:
                 identity = patient_identity(result)
                 seen = identity in patients
@@ -106,7 +113,7 @@ def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Itera
             if max_results and sent >= max_results:
                 yield _too_many(max_results), None
                 return
-            yield PENDING, result_to_identifier(result, plan, ae_title)
+            yield PENDING, _encodable(result_to_identifier(result, plan, ae_title))
             sent += 1
         offset += len(page.results)
         if is_last_page(page, web.page_size):
@@ -121,9 +128,17 @@ def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Itera
                 return
             patient = studies[0]
             add_patient_counts(patient, studies)
-            yield PENDING, result_to_identifier(patient, plan, ae_title)
+            yield PENDING, _encodable(result_to_identifier(patient, plan, ae_title))
             sent += 1
     LOGGER.info("C-FIND done: %d matches", sent)
+
+
+def _encodable(response: Dataset) -> Dataset:
+    """The response, once it is known to encode: pynetdicom would otherwise fail it with
+    0xC312 and a traceback. A value pydicom cannot encode came from the server."""
+    if encode(response, True, True) is None:
+        raise DicomwebProtocolError("a QIDO-RS value cannot be encoded as DICOM")
+    return response
 
 
 def _too_many(limit: int) -> Dataset:

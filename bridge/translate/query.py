@@ -16,6 +16,7 @@ response per distinct patient (see :func:`patient_identity`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,37 @@ _PATIENT_COUNTS = (
 UTF8_CHARSET = "ISO_IR 192"
 
 
+# Text VRs whose matching the bridge re-checks on the server's answers: servers differ on
+# case (Orthanc's QIDO-RS ignores it; PS3.4 C.2.2.2 wants it for all but PN) and cannot
+# always be sent the exact value.
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_ASCII_UNSAFE = re.compile(r"[^\x21-\x7e]+")
+
+
+@dataclass(frozen=True)
+class LocalCheck:
+    """A matching key the bridge checks itself on each QIDO-RS result."""
+
+    tag: BaseTag
+    patterns: tuple[str, ...]  # any of them may match (multi-valued key)
+    case_sensitive: bool
+
+    def accepts(self, result: Dataset) -> bool:
+        if self.tag not in result:
+            return True  # the server did not return it: nothing to hold against it
+        got = _element_values(result[self.tag])
+        if not got:
+            return False
+        flags = 0 if self.case_sensitive else re.IGNORECASE
+        regexes = [re.compile(_wildcard_regex(p), flags) for p in self.patterns]
+        return any(rx.fullmatch(value) for rx in regexes for value in got)
+
+
+def _wildcard_regex(pattern: str) -> str:
+    """PS3.4 C.2.2.2.4 wildcards as a regular expression: * any run, ? one character."""
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+
+
 @dataclass(frozen=True)
 class FindPlan:
     """What a C-FIND asks for: one QIDO-RS query and how to shape the answers."""
@@ -149,6 +181,11 @@ class FindPlan:
     # Single-valued, non-wildcard keys: equal in every match, so a missing value in a
     # server's answer can be filled from the request.
     exact: tuple[tuple[BaseTag, Any], ...]
+    checks: tuple[LocalCheck, ...] = ()
+
+    def accepts(self, result: Dataset) -> bool:
+        """Whether a server's match also matches by the bridge's own rules."""
+        return all(check.accepts(result) for check in self.checks)
 
     @property
     def needs_patient_counts(self) -> bool:
@@ -209,8 +246,15 @@ def check_keys(identifier: Dataset, level: QueryLevel) -> None:
             )
 
 
-def build_find_plan(identifier: Dataset, model: InformationModel) -> FindPlan:
-    """Translate a C-FIND identifier into a QIDO-RS query; raises InvalidIdentifier."""
+def build_find_plan(
+    identifier: Dataset, model: InformationModel, *, ascii_queries: bool = False
+) -> FindPlan:
+    """Translate a C-FIND identifier into a QIDO-RS query; raises InvalidIdentifier.
+
+    With `ascii_queries` (servers that do not percent-decode, like Orthanc 1.10), runs of
+    spaces and non-ASCII characters in query values become ``*`` and the exact value is
+    checked locally (``FindPlan.accepts``).
+    """
     level = parse_level(identifier, model)
     check_keys(identifier, level)
 
@@ -218,6 +262,7 @@ def build_find_plan(identifier: Dataset, model: InformationModel) -> FindPlan:
     include: set[str] = set()
     keys: list[tuple[BaseTag, str]] = []
     exact: list[tuple[BaseTag, Any]] = []
+    checks: list[LocalCheck] = []
     study_uid: str | None = None
     series_uid: str | None = None
 
@@ -252,6 +297,10 @@ def build_find_plan(identifier: Dataset, model: InformationModel) -> FindPlan:
             if keyword == "SeriesInstanceUID" and level > QueryLevel.SERIES:
                 series_uid = values[0]
                 continue
+        if elem.VR in _TEXT_VRS:
+            checks.append(LocalCheck(elem.tag, tuple(values), case_sensitive=elem.VR != "PN"))
+            if ascii_queries:
+                values = [_ASCII_UNSAFE.sub("*", value) for value in values]
         match[name] = ",".join(values)
         include.add(name)
 
@@ -277,7 +326,14 @@ def build_find_plan(identifier: Dataset, model: InformationModel) -> FindPlan:
         match=tuple(sorted(match.items())),
         includefield=tuple(sorted(include - set(match))),
     )
-    return FindPlan(level=level, model=model, query=query, keys=tuple(keys), exact=tuple(exact))
+    return FindPlan(
+        level=level,
+        model=model,
+        query=query,
+        keys=tuple(keys),
+        exact=tuple(exact),
+        checks=tuple(checks),
+    )
 
 
 def _is_pattern(value: str, vr: str) -> bool:
