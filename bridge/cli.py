@@ -13,7 +13,7 @@ from types import FrameType
 
 from bridge import __version__
 from bridge.config import ENV_CONFIG, Config, load_config
-from bridge.errors import BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError, ListenError
 
 LOGGER = logging.getLogger("bridge")
 
@@ -39,19 +39,6 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate the config and probe the DICOMweb server")
     check.add_argument("--config", metavar="PATH", help=config_help)
     return parser
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # pynetdicom logs PDUs and identifiers (PHI) at INFO: show its warnings only.
-    if level != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,8 +75,9 @@ def _check(config: Config) -> int:
 
 def _run(config: Config) -> int:
     from bridge.dimse.server import Bridge, serve_until
+    from bridge.ops.logs import setup_logging
 
-    _setup_logging(config.logging.level)
+    setup_logging(config.logging.level, config.logging.format)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -101,11 +89,7 @@ def _run(config: Config) -> int:
     LOGGER.info("dimse-bridge %s, config %s", __version__, config.source)
     try:
         serve_until(Bridge(config), stop)
-    except OSError as exc:
-        print(
-            f"dimse-bridge: cannot listen on {config.dimse.host}:{config.dimse.port}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
+    except ListenError as exc:
+        print(f"dimse-bridge: cannot listen on {exc.address}: {exc.reason}", file=sys.stderr)
         return EXIT_RUNTIME
     return EXIT_OK

@@ -4,6 +4,7 @@
 
     BridgeError
     ├── ConfigError                 invalid configuration (file, key, what was expected)
+    ├── ListenError                 a listener (DIMSE, DICOM TLS, ops) cannot bind
     ├── TranslationError            an identifier the bridge cannot translate
     │   └── InvalidIdentifier       missing/invalid level, keys that do not fit the level
     └── DicomwebError               anything that went wrong talking to the DICOMweb server
@@ -30,6 +31,15 @@ class ConfigError(BridgeError):
         self.key = key
         self.expected = expected
         super().__init__(f"{source}: {key}: {expected}")
+
+
+class ListenError(BridgeError):
+    """A listening socket could not be opened."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address = address
+        self.reason = reason
+        super().__init__(f"cannot listen on {address}: {reason}")
 
 
 class TranslationError(BridgeError):

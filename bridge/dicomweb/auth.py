@@ -30,6 +30,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import os
 import ssl
 import threading
@@ -78,9 +79,6 @@ class TokenEndpointError(DicomwebHTTPError):
     A refusal (4xx, a redirect) is reported as status 401 so that the bridge answers it
     like any other authentication failure; a 5xx or 429 keeps its status (transient).
     """
-
-    def __init__(self, status_code: int, reason: str, url: str) -> None:
-        super().__init__(status_code, reason, url)
 
 
 # --------------------------------------------------------------------------- secrets
@@ -298,7 +296,10 @@ class OAuth2ClientCredentials(httpx.Auth):
         status = response.status_code
         if status != 200:
             if status >= 500 or status == 429:
-                raise TokenEndpointError(status, "token endpoint failed", self.token_url)
+                failed = TokenEndpointError(status, "token endpoint failed", self.token_url)
+                # The DICOMweb request itself never went out: even STOW-RS may be retried.
+                failed.never_sent = True
+                raise failed
             detail = _oauth_error(response)
             raise TokenEndpointError(
                 401,
@@ -392,17 +393,14 @@ class OAuth2ClientCredentials(httpx.Auth):
 
 
 def _expires_in(raw: object) -> float:
-    # Some servers (Azure AD v1) send expires_in as a string.
-    if isinstance(raw, bool):
+    """Seconds from the answer's expires_in; some servers (Azure AD v1) send a string."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
         return DEFAULT_TOKEN_LIFETIME_S
-    if isinstance(raw, int | float):
-        return max(float(raw), 0.0)
-    if isinstance(raw, str):
-        try:
-            return max(float(raw), 0.0)
-        except ValueError:
-            return DEFAULT_TOKEN_LIFETIME_S
-    return DEFAULT_TOKEN_LIFETIME_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return DEFAULT_TOKEN_LIFETIME_S
+    return max(seconds, 0.0) if math.isfinite(seconds) else DEFAULT_TOKEN_LIFETIME_S
 
 
 def _oauth_error(response: httpx.Response) -> str:
@@ -545,9 +543,11 @@ class GoogleAuth(httpx.Auth):
                     401, f"Google refused the credentials ({_short(exc)})", self._token_uri()
                 ) from None
             except self._exceptions.TransportError as exc:
-                raise DicomwebUnavailable(
+                unreachable = DicomwebUnavailable(
                     f"cannot reach the Google token endpoint {self._token_uri()}: {_short(exc)}"
-                ) from None
+                )
+                unreachable.never_sent = True  # nor was the DICOMweb request
+                raise unreachable from None
             self.refreshes += 1
             self._refused = None
             LOGGER.info("Google credentials refreshed")

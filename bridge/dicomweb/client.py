@@ -316,6 +316,9 @@ class DicomwebClient:
 
     async def probe(self) -> str:
         """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError."""
+        return await self._observed("probe", self._probe_once)
+
+    async def _probe_once(self) -> str:
         url = f"{self.base_url}/studies?limit=1"
         with map_errors(url):
             response = await self.http.get(url, headers={"Accept": DICOM_JSON})

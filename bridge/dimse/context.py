@@ -9,6 +9,7 @@ from typing import Any
 from bridge.aio import LoopThread
 from bridge.config import Config, DicomwebConfig
 from bridge.dicomweb.client import DicomwebClient
+from bridge.ops.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class BridgeContext:
     backend: str = "default"
     # called AE title → (backend name, client, config) of the named backends
     routes: Mapping[str, tuple[str, DicomwebClient, DicomwebConfig]] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def for_event(self, event: Any) -> BridgeContext:
         called = str(event.assoc.acceptor.ae_title).strip()

@@ -30,6 +30,9 @@ from bridge.dimse.find import handle_find
 from bridge.dimse.get import handle_get
 from bridge.dimse.move import handle_move
 from bridge.dimse.store import handle_store
+from bridge.errors import BridgeError, ListenError
+from bridge.ops.http import OpsServer
+from bridge.ops.metrics import Metrics, dimse_event_handlers
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,18 +111,21 @@ def build_ae(config: Config) -> AE:
 class Bridge:
     """A running bridge: HTTP loop, DICOMweb clients and DIMSE listeners; stop() shuts down."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.loop = LoopThread()
         self.ae = build_ae(config)
         self.servers: list[ThreadedAssociationServer] = []
         self.clients: dict[str, DicomwebClient] = {}
         self.context: BridgeContext | None = None
+        self.ops: OpsServer | None = None
+        self._stopping = threading.Event()
 
     def start(self) -> None:
         self.loop.start()
         config = self.config
-        self.clients = self.loop.call(_make_clients(config))
+        self.clients = self.loop.call(_make_clients(config, self.metrics))
         routes = {
             backend.ae_title: (backend.name, self.clients[backend.name], backend.dicomweb)
             for backend in config.backends
@@ -130,6 +136,7 @@ class Bridge:
             client=self.clients["default"],
             dicomweb=config.dicomweb,
             routes=routes,
+            metrics=self.metrics,
         )
         self.context = ctx
         handlers: list[Any] = [
@@ -142,6 +149,7 @@ class Bridge:
             (evt.EVT_C_MOVE, handle_move, [ctx]),
             (evt.EVT_C_STORE, handle_store, [ctx]),
             (evt.EVT_N_ACTION, handle_action, [ctx]),
+            *dimse_event_handlers(self.metrics),
         ]
         dimse = config.dimse
         try:
@@ -149,6 +157,13 @@ class Bridge:
             if dimse.tls.enabled:
                 tls = dimse.tls
                 self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
+            if config.ops.listen:
+                self.ops = OpsServer(config.ops.listen, self.metrics, self.ready)
+                try:
+                    self.ops.start()
+                except OSError as exc:
+                    raise ListenError(config.ops.listen, exc.strerror or str(exc)) from exc
+                LOGGER.info("operations listener on %s (/metrics /healthz /readyz)", self.ops.url)
         except Exception:
             self.stop()
             raise
@@ -163,17 +178,35 @@ class Bridge:
     def _listen(
         self, host: str, port: int, handlers: list[Any], context: ssl.SSLContext | None
     ) -> None:
-        server = self.ae.start_server(
-            (host, port), block=False, evt_handlers=handlers, ssl_context=context
-        )
+        try:
+            server = self.ae.start_server(
+                (host, port), block=False, evt_handlers=handlers, ssl_context=context
+            )
+        except OSError as exc:
+            raise ListenError(f"{host}:{port}", exc.strerror or str(exc)) from exc
         assert server is not None  # block=False always returns the server
         self.servers.append(server)
+
+    def ready(self) -> tuple[bool, str]:
+        """Readiness for /readyz: every backend answers its QIDO-RS probe."""
+        if self._stopping.is_set():
+            return False, "shutting down"
+        summaries = []
+        for name, client in self.clients.items():
+            try:
+                summaries.append(f"{name}: {self.loop.call(client.probe(), timeout=5.0)}")
+            except BridgeError as exc:
+                return False, f"{name}: {exc}"
+            except TimeoutError:
+                return False, f"{name}: DICOMweb probe timed out after 5 s"
+        return True, "; ".join(summaries)
 
     def active_associations(self) -> int:
         return sum(len(_working(server)) for server in self.servers)
 
     def stop(self) -> None:
         """Stop accepting, let running associations finish (bounded), then free everything."""
+        self._stopping.set()
         for server in self.servers:
             server.shutdown()
         deadline = time.monotonic() + self.config.dimse.shutdown_timeout
@@ -186,6 +219,10 @@ class Bridge:
         self.servers = []
         self._close_http()
         self.loop.stop()
+        # Last, so /healthz keeps answering while associations drain.
+        if self.ops is not None:
+            self.ops.stop()
+            self.ops = None
 
     def _close_http(self) -> None:
         clients, self.clients = self.clients, {}
@@ -217,11 +254,14 @@ def _working(server: ThreadedAssociationServer) -> list[Any]:
     ]
 
 
-async def _make_clients(config: Config) -> dict[str, DicomwebClient]:
+async def _make_clients(config: Config, metrics: Metrics) -> dict[str, DicomwebClient]:
     # Created on the loop thread: each client's connection pool belongs to that loop.
-    clients = {"default": make_client(config.dicomweb, backend="default")}
+    observer = metrics.http_request
+    clients = {"default": make_client(config.dicomweb, backend="default", observer=observer)}
     for backend in config.backends:
-        clients[backend.name] = make_client(backend.dicomweb, backend=backend.name)
+        clients[backend.name] = make_client(
+            backend.dicomweb, backend=backend.name, observer=observer
+        )
     return clients
 
 

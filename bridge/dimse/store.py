@@ -34,6 +34,7 @@ def handle_store(event: Any, ctx: BridgeContext) -> Dataset:
     try:
         path = event.dataset_path
         size = path.stat().st_size
+        ctx.metrics.bytes_transferred("C-STORE", "in", size)
         result = ctx.loop.call(ctx.client.store_instance(path, sop_instance_uid))
     except BridgeError as exc:
         status = store_failure(exc)

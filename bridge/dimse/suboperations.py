@@ -18,6 +18,7 @@ from bridge.aio import Cancelled
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.retrieve import InstanceSource, Tally, accepted_syntaxes, failed_list
 from bridge.models import InstanceRef
+from bridge.ops.logs import Progress
 from bridge.translate.status import (
     CANCEL,
     OUT_OF_RESOURCES,
@@ -99,6 +100,7 @@ def run_suboperations(
     accepted = accepted_syntaxes(sender.accepted_contexts, "scu")
     source = InstanceSource(ctx, refs, accepted, cancelled, metadata_only=metadata_only)
     done = 0
+    progress = Progress(service, peer, len(refs), ctx.config.ops.progress_interval, LOGGER)
     with StoreOutcomes(sender) as outcomes, contextlib.closing(source.subops()) as subops:
         try:
             for subop in subops:
@@ -122,7 +124,10 @@ def run_suboperations(
                     yield PENDING, FailedSubOp(subop.ref.sop_instance_uid)
                     continue
                 yield PENDING, subop.dataset
+                before = tally.bytes_sent
                 tally.record_store(subop.ref, outcomes.last, subop.size)
+                ctx.metrics.bytes_transferred(service, "out", tally.bytes_sent - before)
+                progress.update(done, tally.bytes_sent)
         except Cancelled:
             unsent = [ref.sop_instance_uid for ref in refs[done:]]
             tally.log(service, peer, CANCEL)
