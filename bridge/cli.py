@@ -54,10 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(config: Config) -> int:
+    from bridge.dicomweb.auth import build_auth
     from bridge.dicomweb.client import make_client
 
+    try:
+        auth = build_auth(config.dicomweb.auth)
+    except ConfigError as exc:
+        print(f"dimse-bridge: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
     async def probe() -> str:
-        client = make_client(config.dicomweb)
+        client = make_client(config.dicomweb, auth=auth)
         async with client.http:
             return await client.probe()
 
@@ -88,7 +95,12 @@ def _run(config: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     LOGGER.info("dimse-bridge %s, config %s", __version__, config.source)
     try:
-        serve_until(Bridge(config), stop)
+        bridge = Bridge(config)
+    except ConfigError as exc:
+        print(f"dimse-bridge: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        serve_until(bridge, stop)
     except ListenError as exc:
         print(f"dimse-bridge: cannot listen on {exc.address}: {exc.reason}", file=sys.stderr)
         return EXIT_RUNTIME

@@ -358,12 +358,17 @@ def make_http_client(config: DicomwebConfig, auth: httpx.Auth | None = None) -> 
 
 
 def make_client(
-    config: DicomwebConfig, *, backend: str = "default", observer: Observer | None = None
+    config: DicomwebConfig,
+    *,
+    backend: str = "default",
+    observer: Observer | None = None,
+    auth: httpx.Auth | None = None,
 ) -> DicomwebClient:
-    """A DicomwebClient for one configured backend. Call it on the event loop's thread."""
+    """A DicomwebClient for one configured backend. Call it on the event loop's thread;
+    build `auth` (``build_auth``) before, since it may block or raise ConfigError."""
     policy = RetryPolicy(deadline=config.retry_deadline, max_retries=config.max_retries)
     return DicomwebClient(
-        make_http_client(config),
+        make_http_client(config, auth),
         config.url,
         query_encoding=config.query_encoding,
         policy=policy,

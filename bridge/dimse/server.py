@@ -21,6 +21,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.aio import LoopThread
 from bridge.config import Config, TlsListenerConfig
+from bridge.dicomweb.auth import build_auth
 from bridge.dicomweb.client import DicomwebClient, make_client
 from bridge.dimse import sop
 from bridge.dimse.commitment import handle_action
@@ -121,11 +122,16 @@ class Bridge:
         self.context: BridgeContext | None = None
         self.ops: OpsServer | None = None
         self._stopping = threading.Event()
+        # Built here, off the event loop: credentials discovery may block, and a broken
+        # auth setup must fail the start (ConfigError), not the first request.
+        self.auths = {"default": build_auth(config.dicomweb.auth)}
+        for backend in config.backends:
+            self.auths[backend.name] = build_auth(backend.dicomweb.auth)
 
     def start(self) -> None:
         self.loop.start()
         config = self.config
-        self.clients = self.loop.call(_make_clients(config, self.metrics))
+        self.clients = self.loop.call(_make_clients(config, self.metrics, self.auths))
         routes = {
             backend.ae_title: (backend.name, self.clients[backend.name], backend.dicomweb)
             for backend in config.backends
@@ -254,13 +260,19 @@ def _working(server: ThreadedAssociationServer) -> list[Any]:
     ]
 
 
-async def _make_clients(config: Config, metrics: Metrics) -> dict[str, DicomwebClient]:
+async def _make_clients(
+    config: Config, metrics: Metrics, auths: dict[str, Any]
+) -> dict[str, DicomwebClient]:
     # Created on the loop thread: each client's connection pool belongs to that loop.
     observer = metrics.http_request
-    clients = {"default": make_client(config.dicomweb, backend="default", observer=observer)}
+    clients = {
+        "default": make_client(
+            config.dicomweb, backend="default", observer=observer, auth=auths["default"]
+        )
+    }
     for backend in config.backends:
         clients[backend.name] = make_client(
-            backend.dicomweb, backend=backend.name, observer=observer
+            backend.dicomweb, backend=backend.name, observer=observer, auth=auths[backend.name]
         )
     return clients
 
