@@ -82,3 +82,7 @@ class DicomwebHTTPError(DicomwebError):
 
 class DicomwebProtocolError(DicomwebError):
     """The DICOMweb server's answer could not be understood."""
+
+    # True when the answer was cut short (broken framing, truncated body), which a retry
+    # may cure; False when what arrived whole is wrong, which a retry would repeat.
+    transient: bool = False

@@ -98,7 +98,9 @@ def map_errors(url: str) -> Iterator[None]:
         error.never_sent = True
         raise error from exc
     except httpx.RemoteProtocolError as exc:
-        raise DicomwebProtocolError(f"broken HTTP answer from {_safe_url(url)}: {exc}") from exc
+        broken = DicomwebProtocolError(f"broken HTTP answer from {_safe_url(url)}: {exc}")
+        broken.transient = True
+        raise broken from exc
     except httpx.TransportError as exc:
         raise DicomwebUnavailable(f"connection to {_safe_url(url)} failed: {exc}") from exc
     except httpx.HTTPError as exc:

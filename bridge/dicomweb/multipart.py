@@ -38,6 +38,9 @@ _TOKEN_RE = re.compile(r"[0-9A-Za-z'+_\-.]+")
 class MultipartError(DicomwebProtocolError):
     """A multipart/related body or its Content-Type header is malformed or truncated."""
 
+    # A body cut short by a dropped connection looks like one the server broke: retry.
+    transient = True
+
 
 # --------------------------------------------------------------------------- Content-Type
 

@@ -1,8 +1,9 @@
 """When and how long to wait before retrying a DICOMweb request.
 
 Idempotent reads (QIDO-RS, WADO-RS) are retried on connection failures and resets,
-broken answers, and HTTP 429, 502, 503 and 504, with full-jitter exponential backoff,
-honouring ``Retry-After``, until the per-request deadline. STOW-RS is retried only when
+answers cut short (broken framing, truncated multipart), and HTTP 429, 502, 503 and
+504, with full-jitter exponential backoff, honouring ``Retry-After``, until the
+per-request deadline. STOW-RS is retried only when
 the request provably never reached the server (the connection could not be opened).
 A 401/403, a 4xx, a 500 or a timeout is not retried: retrying would not change it, or
 the timeout already used the time a retry would need.
@@ -59,7 +60,9 @@ def is_retryable(error: DicomwebError, *, idempotent: bool) -> bool:
         return error.never_sent
     if isinstance(error, DicomwebHTTPError):
         return error.status_code in RETRYABLE_STATUS
-    return isinstance(error, DicomwebUnavailable | DicomwebProtocolError)
+    if isinstance(error, DicomwebProtocolError):
+        return error.transient
+    return isinstance(error, DicomwebUnavailable)
 
 
 def backoff(

@@ -53,7 +53,11 @@ class CancelWatch:
     def __call__(self) -> bool:
         if self.cancelled:
             return True
-        if not self._event.assoc.is_established:
+        assoc = self._event.assoc
+        # pynetdicom marks an acceptor's association ended only in its reactor, which
+        # runs on the handler's own thread: while the handler waits on HTTP, an A-ABORT
+        # or A-RELEASE-RQ from the peer shows only in the ACSE state.
+        if not assoc.is_established or assoc.acse.is_aborted() or assoc.acse.is_release_requested():
             self.cancelled, self.reason = True, "association ended"
         elif self._event.is_cancelled:
             self.cancelled, self.reason = True, "C-CANCEL received"

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from bridge.dicomweb.client import DicomwebClient
+from bridge.dicomweb.multipart import MultipartError
 from bridge.dicomweb.retry import RetryPolicy, backoff, is_retryable, parse_retry_after, retrying
 from bridge.errors import (
     DicomwebError,
@@ -40,7 +41,8 @@ def test_retry_after_forms() -> None:
         (DicomwebHTTPError(401, "unauthorized", "u"), True, False),
         (DicomwebHTTPError(404, "not found", "u"), True, False),
         (DicomwebUnavailable("reset"), True, True),
-        (DicomwebProtocolError("truncated"), True, True),
+        (MultipartError("truncated"), True, True),
+        (DicomwebProtocolError("not JSON"), True, False),
         (DicomwebTimeout("slow"), True, False),
         (DicomwebUnavailable("reset mid-upload"), False, False),
         (DicomwebHTTPError(503, "busy", "u"), False, False),

@@ -1,0 +1,390 @@
+"""C-GET against a misbehaving DICOMweb server: a fault proxy in front of a private Orthanc.
+
+    pynetdicom C-GET SCU --DIMSE--> bridge --HTTP--> FaultProxy --HTTP--> private Orthanc
+
+One WADO-RS instance request fails (truncated body, HTTP 500, connection reset, stalled
+body): that sub-operation fails, every other one succeeds, the final status is 0xB000 and
+the Failed SOP Instance UID List names exactly that instance. The QIDO-RS search fails
+(HTTP 503, a body that is not JSON, a stalled answer): 0xA701 with an ErrorComment
+(README, C-GET statuses).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
+
+from tests.conftest import require_orthanc
+from tests.faults.proxy import FaultProxy, RequestRecord
+from tests.integration.bridge_runner import BridgeProcess, bridge_config
+from tests.integration.dataset import make_ct_series, to_bytes
+from tests.integration.orthanc import OrthancServer
+
+pytestmark = pytest.mark.integration
+
+STUDY_SIZE = 300
+FAULTED_INDEX = 10  # the 11th instance in sending order
+GET_MODEL = StudyRootQueryRetrieveInformationModelGet
+
+_WADO_INSTANCE = re.compile(r"^/dicom-web/studies/[0-9.]+/series/[0-9.]+/instances/[0-9.]+$")
+_QIDO_INSTANCES = re.compile(r"^/dicom-web/studies/[0-9.]+/instances(\?|$)")
+
+
+def is_wado(path: str) -> bool:
+    """A WADO-RS instance request: ``/studies/<s>/series/<se>/instances/<i>``, no query."""
+    return bool(_WADO_INSTANCE.match(path))
+
+
+def is_qido(path: str) -> bool:
+    """The bridge's QIDO-RS instance search: ``/studies/<s>/instances?...``."""
+    return bool(_QIDO_INSTANCES.match(path))
+
+
+def wado_path_of(uid: str) -> Callable[[str], bool]:
+    return lambda path: is_wado(path) and path.endswith(f"/instances/{uid}")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@dataclass(frozen=True)
+class Study:
+    server: OrthancServer
+    study_uid: str
+    uids: tuple[str, ...]  # in the bridge's sending order (instance number)
+
+    @property
+    def faulted(self) -> str:
+        return self.uids[FAULTED_INDEX]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
+    """A private Orthanc holding one generated CT study of STUDY_SIZE small instances.
+
+    Module-scoped (uploaded once, ~1 s); ``orthanc_factory`` is function-scoped, so the
+    server is built here from the same OrthancServer it uses.
+    """
+    require_orthanc()
+    datasets = make_ct_series(STUDY_SIZE, rows=64, columns=64, key="get-faults")
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc-get-faults")).start()
+    try:
+        server.upload_many(to_bytes(ds) for ds in datasets)
+        assert server.statistics()["CountInstances"] == STUDY_SIZE
+        yield Study(
+            server=server,
+            study_uid=str(datasets[0].StudyInstanceUID),
+            uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+        )
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def proxy(study: Study) -> Iterator[FaultProxy]:
+    with FaultProxy(study.server.http_url) as fault_proxy:
+        yield fault_proxy
+
+
+@pytest.fixture
+def start_bridge(
+    proxy: FaultProxy,
+    bridge_process: Callable[..., BridgeProcess],
+    free_port: Callable[[], int],
+) -> Callable[[float], BridgeProcess]:
+    """``start_bridge(timeout)``: the bridge fronting the proxy, dicomweb.timeout as given."""
+
+    def start(timeout: float) -> BridgeProcess:
+        return bridge_process(bridge_config(proxy.url + "/dicom-web", free_port(), timeout=timeout))
+
+    return start
+
+
+# --------------------------------------------------------------------------- the SCU
+
+
+@dataclass
+class GetOutcome:
+    received: list[str] = field(default_factory=list)
+    pending: list[Dataset] = field(default_factory=list)
+    final: Dataset | None = None
+    identifier: Dataset | None = None
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> int | None:
+        if self.final is None or "Status" not in self.final:
+            return None
+        return int(self.final.Status)
+
+    def count(self, keyword: str) -> int | None:
+        value = None if self.final is None else self.final.get(keyword)
+        return None if value is None else int(value)
+
+    @property
+    def comment(self) -> str:
+        return "" if self.final is None else str(self.final.get("ErrorComment", ""))
+
+    @property
+    def failed_uids(self) -> list[str]:
+        value: Any = None
+        if self.identifier is not None:
+            value = self.identifier.get("FailedSOPInstanceUIDList")
+        if value is None or value == "":
+            return []
+        if isinstance(value, MultiValue | list | tuple):
+            return [str(v) for v in value]
+        return [str(value)]
+
+    def describe(self) -> str:
+        status = "none" if self.status is None else f"0x{self.status:04X}"
+        return (
+            f"status {status} ({self.comment!r}), {len(self.received)} received, "
+            f"failed list {self.failed_uids[:5]}, final={self.final!r}"
+        )
+
+
+def _set_nodelay(event: Any) -> None:
+    # Without it Nagle holds a small PDU behind the previous one for a delayed ACK (~40 ms).
+    sock = event.assoc.dul.socket.socket
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def run_get(bridge: BridgeProcess, study_uid: str) -> GetOutcome:
+    """C-GET one study at STUDY level (Study Root), CT Image Storage in the SCP role."""
+    outcome = GetOutcome()
+    ae = AE(ae_title="GETSCU")
+    ae.acse_timeout = 10
+    ae.dimse_timeout = 30
+    ae.network_timeout = 30
+    ae.add_requested_context(GET_MODEL)
+    ae.add_requested_context(CTImageStorage)
+
+    def handle_store(event: Any) -> int:
+        outcome.received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    assoc = ae.associate(
+        bridge.host,
+        bridge.port,
+        ae_title=bridge.ae_title,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, handle_store), (evt.EVT_CONN_OPEN, _set_nodelay)],
+    )
+    assert assoc.is_established, "the bridge refused the association"
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = study_uid
+    started = time.monotonic()
+    try:
+        for status, identifier in assoc.send_c_get(query, GET_MODEL):
+            if "Status" not in status:
+                break
+            if int(status.Status) in (0xFF00, 0xFF01):
+                outcome.pending.append(status)
+                continue
+            outcome.final, outcome.identifier = status, identifier
+    finally:
+        outcome.seconds = time.monotonic() - started
+        if assoc.is_established:
+            assoc.release()
+    return outcome
+
+
+def _counts(ds: Dataset) -> tuple[int, ...]:
+    """(remaining, completed, failed, warning) sub-operations of a C-GET response."""
+    return tuple(
+        int(ds.get(f"NumberOf{name}Suboperations") or 0)
+        for name in ("Remaining", "Completed", "Failed", "Warning")
+    )
+
+
+def assert_one_failed(outcome: GetOutcome, study: Study) -> None:
+    """0xB000; exactly the faulted instance failed and is listed; every other one arrived."""
+    assert outcome.status == 0xB000, outcome.describe()
+    assert outcome.failed_uids == [study.faulted], outcome.describe()
+    expected = [uid for uid in study.uids if uid != study.faulted]
+    assert outcome.received == expected, (
+        f"{len(outcome.received)} received; missing "
+        f"{sorted(set(expected) - set(outcome.received))[:3]}, "
+        f"unexpected {sorted(set(outcome.received) - set(expected))[:3]}"
+    )
+    assert outcome.count("NumberOfCompletedSuboperations") == STUDY_SIZE - 1
+    assert outcome.count("NumberOfFailedSuboperations") == 1
+    assert outcome.count("NumberOfWarningSuboperations") == 0
+    # One pending response per sub-operation, each adding up to the total (a failed
+    # sub-operation must not count as failed *and* remaining).
+    assert len(outcome.pending) == STUDY_SIZE
+    wrong = [
+        (i, _counts(ds)) for i, ds in enumerate(outcome.pending) if sum(_counts(ds)) != STUDY_SIZE
+    ]
+    assert not wrong, (
+        f"{len(wrong)} pending responses do not add up; first (index, (remaining, "
+        f"completed, failed, warning)): {wrong[0]}"
+    )
+    assert _counts(outcome.pending[FAULTED_INDEX]) == (
+        STUDY_SIZE - FAULTED_INDEX - 1,
+        FAULTED_INDEX,
+        1,
+        0,
+    )
+
+
+def faulted_records(proxy: FaultProxy, study: Study) -> list[RequestRecord]:
+    return [r for r in proxy.records() if wado_path_of(study.faulted)(r.path)]
+
+
+def report(name: str, **figures: object) -> None:
+    text = ", ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()
+    )
+    print(f"\n[{name}] {text}")
+
+
+# --------------------------------------------------------------------------- WADO-RS faults
+
+
+@pytest.mark.parametrize(
+    ("kind", "inject"),
+    [
+        ("truncate", lambda proxy, flt: proxy.truncate(4000, path_filter=flt)),
+        ("status:500", lambda proxy, flt: proxy.fail(500, path_filter=flt)),
+        ("reset", lambda proxy, flt: proxy.reset(0, path_filter=flt)),
+    ],
+    ids=["truncated-multipart", "http-500", "connection-reset"],
+)
+def test_one_wado_instance_fails(
+    study: Study,
+    proxy: FaultProxy,
+    start_bridge: Callable[[float], BridgeProcess],
+    kind: str,
+    inject: Callable[[FaultProxy, Callable[[str], bool]], object],
+) -> None:
+    """(a) truncated multipart body, (b) HTTP 500, (c) connection reset before any byte, on
+    every attempt at one instance's WADO-RS request (retries included): that sub-operation
+    alone fails."""
+    bridge = start_bridge(10)
+    inject(proxy, wado_path_of(study.faulted))
+    outcome = run_get(bridge, study.study_uid)
+    attempts = faulted_records(proxy, study)
+    assert attempts and all(r.fault == kind for r in attempts), attempts
+    assert_one_failed(outcome, study)
+    report(f"wado/{kind}", attempts=len(attempts), seconds=outcome.seconds)
+    assert bridge.running
+
+
+@pytest.mark.parametrize(
+    ("kind", "inject"),
+    [
+        ("reset", lambda proxy, flt: proxy.reset(0, path_filter=flt, count=1)),
+        ("status:503", lambda proxy, flt: proxy.fail(503, path_filter=flt, count=1)),
+    ],
+    ids=["connection-reset", "http-503"],
+)
+def test_one_transient_wado_failure_is_retried(
+    study: Study,
+    proxy: FaultProxy,
+    start_bridge: Callable[[float], BridgeProcess],
+    kind: str,
+    inject: Callable[[FaultProxy, Callable[[str], bool]], object],
+) -> None:
+    """A reset or 503 on the first attempt only: WADO-RS reads are retried (bridge/dicomweb/
+    retry.py), so the instance arrives and the C-GET succeeds."""
+    bridge = start_bridge(10)
+    inject(proxy, wado_path_of(study.faulted))
+    outcome = run_get(bridge, study.study_uid)
+    attempts = faulted_records(proxy, study)
+    assert [r.fault for r in attempts] == [kind, None], attempts
+    assert outcome.status == 0x0000, outcome.describe()
+    assert outcome.received == list(study.uids)
+    report(f"wado/{kind} once", attempts=len(attempts), seconds=outcome.seconds)
+
+
+def test_stalled_wado_body_times_out(
+    study: Study, proxy: FaultProxy, start_bridge: Callable[[float], BridgeProcess]
+) -> None:
+    """(g) one instance's WADO-RS body stalls after 2000 bytes, dicomweb.timeout = 2: that
+    instance fails after ~2 s (the bridge closes the request), the others succeed."""
+    bridge = start_bridge(2)
+    proxy.stall(2000, path_filter=wado_path_of(study.faulted))
+    outcome = run_get(bridge, study.study_uid)
+    assert_one_failed(outcome, study)
+    attempts = faulted_records(proxy, study)
+    assert attempts and all(r.fault == "stall" for r in attempts), attempts
+    first = attempts[0]
+    assert first.bytes_relayed == 2000 and first.completed_at is None
+    assert first.client_closed_at is not None, "the bridge never gave up the stalled request"
+    held = first.client_closed_at - first.started_at
+    assert 1.5 <= held < 5.0, f"the stalled request was closed after {held:.2f} s"
+    assert outcome.seconds < 15.0
+    report("wado/stall", attempts=len(attempts), closed_after_s=held, seconds=outcome.seconds)
+
+
+# --------------------------------------------------------------------------- QIDO-RS faults
+
+
+@pytest.mark.parametrize(
+    ("inject", "why"),
+    [
+        (lambda proxy: proxy.fail(503, path_filter=is_qido), "503"),
+        (
+            lambda proxy: proxy.fail(
+                200,
+                path_filter=is_qido,
+                body=b"<html><body>Please log in</body></html>",
+                headers={"Content-Type": "text/html"},
+            ),
+            "json",
+        ),
+    ],
+    ids=["http-503", "not-json-200"],
+)
+def test_qido_failure_is_a701(
+    study: Study,
+    proxy: FaultProxy,
+    start_bridge: Callable[[float], BridgeProcess],
+    inject: Callable[[FaultProxy], object],
+    why: str,
+) -> None:
+    """(d) QIDO-RS answers 503, (e) QIDO-RS answers 200 with HTML: 0xA701, ErrorComment
+    says why, nothing is fetched or sent."""
+    bridge = start_bridge(10)
+    inject(proxy)
+    outcome = run_get(bridge, study.study_uid)
+    assert outcome.status == 0xA701, outcome.describe()
+    assert why in outcome.comment.lower(), outcome.describe()
+    assert outcome.received == []
+    records = proxy.records()
+    assert any(is_qido(r.path) for r in records), [r.path for r in records]
+    assert not any(is_wado(r.path) for r in records)
+    report(f"qido/{why}", comment=outcome.comment, seconds=outcome.seconds)
+    assert bridge.running
+
+
+def test_stalled_qido_times_out(
+    study: Study, proxy: FaultProxy, start_bridge: Callable[[float], BridgeProcess]
+) -> None:
+    """(f) QIDO-RS sends its headers, then nothing; dicomweb.timeout = 2: 0xA701 with an
+    ErrorComment within ~5 s, and the bridge closes the stalled request."""
+    bridge = start_bridge(2)
+    proxy.stall(0, path_filter=is_qido)
+    outcome = run_get(bridge, study.study_uid)
+    assert outcome.status == 0xA701, outcome.describe()
+    assert outcome.comment, outcome.describe()
+    assert "time" in outcome.comment.lower(), outcome.describe()
+    assert 1.5 <= outcome.seconds < 5.0, f"answered after {outcome.seconds:.2f} s"
+    assert outcome.received == []
+    qido = [r for r in proxy.records() if is_qido(r.path)]
+    assert qido and all(r.client_closed_at is not None for r in qido), qido
+    report("qido/stall", comment=outcome.comment, seconds=outcome.seconds)
