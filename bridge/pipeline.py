@@ -38,7 +38,9 @@ class Prefetcher(Generic[T, R]):
         self._size = size
         self._max_concurrent = max(1, max_concurrent)
         self._max_bytes = max_bytes
-        self._futures: list[asyncio.Future[R]] = []
+        # index → future; a released item's future is dropped at once, or every fetched
+        # instance would stay in memory until the whole retrieve ends.
+        self._futures: dict[int, asyncio.Future[R]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._scheduler: asyncio.Task[None] | None = None
         self._buffered = 0  # bytes of finished items not yet released by the consumer
@@ -50,7 +52,7 @@ class Prefetcher(Generic[T, R]):
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._futures = [loop.create_future() for _ in self.items]
+        self._futures = {index: loop.create_future() for index in range(len(self.items))}
         self._changed = asyncio.Event()
         self._scheduler = loop.create_task(self._schedule())
 
@@ -96,8 +98,9 @@ class Prefetcher(Generic[T, R]):
         return await asyncio.shield(self._futures[index])
 
     def release(self, index: int) -> None:
-        """The consumer is done with item `index`: its bytes leave the budget."""
+        """The consumer is done with item `index`: its bytes leave the budget and memory."""
         self._buffered -= self._sizes.pop(index, 0)
+        self._futures.pop(index, None)
         self._notify()
 
     def cancel(self) -> None:
@@ -106,7 +109,7 @@ class Prefetcher(Generic[T, R]):
             self._scheduler.cancel()
         for task in list(self._tasks):
             task.cancel()
-        for future in self._futures:
+        for future in self._futures.values():
             if not future.done():
                 future.cancel()
             elif not future.cancelled():
