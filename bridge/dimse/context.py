@@ -25,17 +25,27 @@ class BridgeContext:
     client: DicomwebClient
     dicomweb: DicomwebConfig
     backend: str = "default"
+    # The AE title the peer called, for the backend answering: RetrieveAETitle in C-FIND.
+    ae_title: str = ""
     # called AE title → (backend name, client, config) of the named backends
     routes: Mapping[str, tuple[str, DicomwebClient, DicomwebConfig]] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
 
     def for_event(self, event: Any) -> BridgeContext:
-        called = str(event.assoc.acceptor.ae_title).strip()
+        # The called AE title of the A-ASSOCIATE-RQ: pynetdicom's acceptor.ae_title is the
+        # server's own title whatever the peer called.
+        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
         route = self.routes.get(called)
         if route is None:
             return self
         name, client, dicomweb = route
-        return replace(self, client=client, dicomweb=dicomweb, backend=name, routes={})
+        return replace(
+            self, client=client, dicomweb=dicomweb, backend=name, ae_title=called, routes={}
+        )
+
+    @property
+    def retrieve_ae_title(self) -> str:
+        return self.ae_title or self.config.dimse.ae_title
 
 
 class CancelWatch:

@@ -84,7 +84,7 @@ def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
 
 def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Iterator[Response]:
     web = ctx.dicomweb
-    ae_title = ctx.config.dimse.ae_title
+    ae_title = ctx.retrieve_ae_title
     max_results = web.max_results
     sent = 0
     patients: dict[tuple[str, str], list[Dataset]] = {}

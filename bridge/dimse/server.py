@@ -7,6 +7,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -191,6 +192,8 @@ class Bridge:
         except OSError as exc:
             raise ListenError(f"{host}:{port}", exc.strerror or str(exc)) from exc
         assert server is not None  # block=False always returns the server
+        if context is not None:
+            server.get_request = _deferred_handshake(server, context)  # type: ignore[method-assign]
         self.servers.append(server)
 
     def ready(self) -> tuple[bool, str]:
@@ -237,6 +240,24 @@ class Bridge:
                 self.loop.call(client.http.aclose(), timeout=5)
             except Exception:  # shutting down: nothing left to tell
                 LOGGER.debug("closing an HTTP client failed", exc_info=True)
+
+
+def _deferred_handshake(
+    server: ThreadedAssociationServer, context: ssl.SSLContext
+) -> Callable[[], tuple[socket.socket, Any]]:
+    """pynetdicom does the TLS handshake in its one accepting thread, without a timeout:
+    a client that connects and stays silent would block every other TLS client (and
+    shutdown). Wrap without the handshake; it happens on the association's own thread."""
+
+    def get_request() -> tuple[socket.socket, Any]:
+        assert server.socket is not None
+        client, address = server.socket.accept()
+        return (
+            context.wrap_socket(client, server_side=True, do_handshake_on_connect=False),
+            address,
+        )
+
+    return get_request
 
 
 def server_tls_context(tls: TlsListenerConfig) -> ssl.SSLContext:
