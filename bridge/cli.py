@@ -10,9 +10,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from bridge import __version__
-from bridge.config import ENV_CONFIG, Config, load_config
+from bridge.config import ENV_CONFIG, Config, DicomwebConfig, load_config
 from bridge.errors import BridgeError, ConfigError, ListenError
 
 LOGGER = logging.getLogger("bridge")
@@ -57,25 +58,29 @@ def _check(config: Config) -> int:
     from bridge.dicomweb.auth import build_auth
     from bridge.dicomweb.client import make_client
 
+    backends = [("default", config.dicomweb)] + [(b.name, b.dicomweb) for b in config.backends]
     try:
-        auth = build_auth(config.dicomweb.auth)
+        auths = [build_auth(dicomweb.auth) for _, dicomweb in backends]
     except ConfigError as exc:
         print(f"dimse-bridge: invalid config: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
-    async def probe() -> str:
-        client = make_client(config.dicomweb, auth=auth)
+    async def probe(dicomweb: DicomwebConfig, auth: Any) -> str:
+        client = make_client(dicomweb, auth=auth)
         async with client.http:
             return await client.probe()
 
-    try:
-        summary = asyncio.run(probe())
-    except BridgeError as exc:
-        print(f"dimse-bridge: {config.dicomweb.url}: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+    summaries = []
+    for (name, dicomweb), auth in zip(backends, auths, strict=True):
+        try:
+            summaries.append(f"{dicomweb.url}: {asyncio.run(probe(dicomweb, auth))}")
+        except BridgeError as exc:
+            label = "" if name == "default" else f"backend {name}: "
+            print(f"dimse-bridge: {label}{dicomweb.url}: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
     print(
         f"ok: config {config.source}; AE {config.dimse.ae_title} on "
-        f"{config.dimse.host}:{config.dimse.port}; {config.dicomweb.url}: {summary}"
+        f"{config.dimse.host}:{config.dimse.port}; {'; '.join(summaries)}"
     )
     return EXIT_OK
 

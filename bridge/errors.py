@@ -9,6 +9,7 @@
     │   └── InvalidIdentifier       missing/invalid level, keys that do not fit the level
     └── DicomwebError               anything that went wrong talking to the DICOMweb server
         ├── DicomwebUnavailable     connection refused, DNS failure, reset before an answer
+        ├── DicomwebTLSError        the TLS handshake failed (certificate not trusted, ...)
         ├── DicomwebTimeout         no answer within the configured timeout
         ├── DicomwebHTTPError       the server answered with a 4xx/5xx status
         └── DicomwebProtocolError   the answer is not what DICOMweb promises (bad JSON, multipart)
@@ -60,6 +61,10 @@ class DicomwebError(BridgeError):
 
 class DicomwebUnavailable(DicomwebError):
     """The DICOMweb server could not be reached."""
+
+
+class DicomwebTLSError(DicomwebError):
+    """The TLS handshake with the DICOMweb server failed: a retry would fail the same way."""
 
 
 class DicomwebTimeout(DicomwebError):

@@ -35,6 +35,7 @@ from bridge.errors import (
     DicomwebHTTPError,
     DicomwebProtocolError,
     DicomwebTimeout,
+    DicomwebTLSError,
     DicomwebUnavailable,
 )
 from bridge.models import InstanceRef, QidoPage, QidoQuery, StowResult
@@ -98,7 +99,15 @@ def map_errors(url: str) -> Iterator[None]:
         raise DicomwebTimeout(
             f"timed out talking to {_safe_url(url)}: {type(exc).__name__}"
         ) from exc
-    except (httpx.ConnectError, httpx.UnsupportedProtocol) as exc:
+    except httpx.ConnectError as exc:
+        if _tls_failure(exc) is not None:
+            raise DicomwebTLSError(
+                f"TLS with {_safe_url(url)} failed: {_tls_failure(exc)}"
+            ) from exc
+        error = DicomwebUnavailable(f"cannot connect to {_safe_url(url)}: {exc}")
+        error.never_sent = True
+        raise error from exc
+    except httpx.UnsupportedProtocol as exc:
         error = DicomwebUnavailable(f"cannot connect to {_safe_url(url)}: {exc}")
         error.never_sent = True
         raise error from exc
@@ -110,6 +119,17 @@ def map_errors(url: str) -> Iterator[None]:
         raise DicomwebUnavailable(f"connection to {_safe_url(url)} failed: {exc}") from exc
     except httpx.HTTPError as exc:
         raise DicomwebError(f"HTTP error talking to {_safe_url(url)}: {exc}") from exc
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The TLS reason behind a connection failure, if that is what it was."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            detail = getattr(cause, "verify_message", "") or ""
+            return ": ".join(str(x) for x in (cause.reason, detail) if x) or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _safe_url(url: str) -> str:

@@ -10,6 +10,7 @@ from bridge.errors import (
     DicomwebHTTPError,
     DicomwebProtocolError,
     DicomwebTimeout,
+    DicomwebTLSError,
     DicomwebUnavailable,
     InvalidIdentifier,
 )
@@ -73,6 +74,8 @@ def describe(error: BridgeError) -> str:
         return "DICOMweb server unreachable"
     if isinstance(error, DicomwebProtocolError):
         return f"DICOMweb answer not understood: {error}"
+    if isinstance(error, DicomwebTLSError):
+        return f"DICOMweb TLS failed: {str(error).rsplit(': ', 1)[-1]}"
     return str(error)
 
 

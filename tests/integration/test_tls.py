@@ -506,8 +506,9 @@ def test_https_unknown_ca_fails_verification(
     before = https_relay.handshakes
     uids, final = c_find(bridge.port, study_query(PatientID="P001"))
     assert uids == []
-    assert int(final.Status) == OUT_OF_RESOURCES, final
-    assert final.ErrorComment == "DICOMweb server unreachable"
+    # Not retried and not "unreachable": a certificate that is not trusted stays so.
+    assert int(final.Status) == 0xC001, final
+    assert final.ErrorComment.startswith("DICOMweb TLS failed: self-signed certificate")
     assert https_relay.handshakes == before
     assert "CERTIFICATE_VERIFY_FAILED" in bridge.log_text(), bridge.log_tail()
 

@@ -132,7 +132,7 @@ def test_cancel_stops_in_flight_fetches_and_starts_no_new_one(loop: LoopThread) 
 def test_released_items_are_dropped_from_memory(loop: LoopThread) -> None:
     # The pipeline must not keep what it handed out: memory is bounded by the budget,
     # not by the number of items in the retrieve.
-    fetch = Recorder(sizes={i: 1000 for i in range(30)})
+    fetch = Recorder(sizes=dict.fromkeys(range(30), 1000))
     prefetcher = Prefetcher(list(range(30)), fetch, len, max_concurrent=2, max_bytes=10**9)
     with PrefetchHandle(loop, prefetcher) as handle:
         for index in range(30):
