@@ -146,6 +146,9 @@ class RetrieveConfig:
     max_concurrent_fetches: int = 8
     # Bytes of fetched instances held in memory per C-GET/C-MOVE, ahead of sending.
     max_buffer_bytes: int = 64 * 1024 * 1024
+    # Send instances the peer takes in their stored syntax without decoding and
+    # re-encoding them (bridge/dimse/fastsend.py); false = always pynetdicom's encoder.
+    fast_send: bool = True
 
 
 @dataclass(frozen=True)
@@ -478,6 +481,7 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
             "max_concurrent_fetches", RetrieveConfig.max_concurrent_fetches, 1, 64
         ),
         max_buffer_bytes=r.int_("max_buffer_bytes", RetrieveConfig.max_buffer_bytes, 1024 * 1024),
+        fast_send=r.bool_("fast_send", RetrieveConfig.fast_send),
     )
     r.finish()
 

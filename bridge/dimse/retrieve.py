@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from bridge.aio import Cancelled
 from bridge.dicomweb.client import ANY_SYNTAX, is_last_page
 from bridge.dimse.context import BridgeContext
+from bridge.dimse.fastsend import EncodedInstance, Part10Error
 from bridge.dimse.find import decode_identifier
 from bridge.errors import (
     BridgeError,
@@ -217,6 +218,10 @@ class InstanceSource:
             return self._prepare_metadata(ref, fetched.metadata)
         payload = fetched.part10
         assert payload is not None
+        if self.ctx.config.retrieve.fast_send:
+            fast = self._prepare_encoded(ref, payload)
+            if fast is not None:
+                return fast
         try:
             ds = dcmread(BytesIO(payload))
             stored = str(ds.file_meta.TransferSyntaxUID)
@@ -257,6 +262,20 @@ class InstanceSource:
             self.hints[key] = _LOCAL
             return SubOp(ref, dataset=ds, size=len(payload))
         return SubOp(ref, error=f"peer accepts no syntax the instance ({stored}) can be sent in")
+
+    def _prepare_encoded(self, ref: InstanceRef, payload: bytes) -> SubOp | None:
+        """The fast path: the instance as WADO-RS sent it, when the peer takes its stored
+        syntax exactly; None to use the decoding path."""
+        try:
+            instance = EncodedInstance(payload)
+        except Part10Error:
+            return None
+        if str(instance.SOPInstanceUID) != ref.sop_instance_uid:
+            return None
+        accepted = self.accepted.get(str(instance.SOPClassUID), frozenset())
+        if str(instance.transfer_syntax) not in accepted:
+            return None
+        return SubOp(ref, dataset=instance, size=len(payload))
 
     def _prepare_metadata(self, ref: InstanceRef, metadata: dict[str, Any]) -> SubOp:
         try:

@@ -16,6 +16,7 @@ from pydicom import Dataset
 
 from bridge.aio import Cancelled
 from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.dimse.fastsend import EncodedInstance, send_encoded
 from bridge.dimse.retrieve import InstanceSource, Tally, accepted_syntaxes, failed_list
 from bridge.models import InstanceRef
 from bridge.ops.logs import Progress
@@ -65,7 +66,10 @@ class StoreOutcomes:
                 self.last = OUT_OF_RESOURCES
                 return status_dataset(OUT_OF_RESOURCES)
             try:
-                rsp = original(dataset, *args, **kwargs)
+                if isinstance(dataset, EncodedInstance):
+                    rsp = send_encoded(self.assoc, dataset, *args, **kwargs)
+                else:
+                    rsp = original(dataset, *args, **kwargs)
             except Exception as exc:
                 LOGGER.warning("C-STORE sub-operation failed: %s", exc)
                 raise
