@@ -149,6 +149,9 @@ class RetrieveConfig:
     # Send instances the peer takes in their stored syntax without decoding and
     # re-encoding them (bridge/dimse/fastsend.py); false = always pynetdicom's encoder.
     fast_send: bool = True
+    # Fetch WADO-RS bulk data with the lean HTTP/1.1 client (bridge/dicomweb/rawget.py)
+    # when no [dicomweb.auth] is set; false = always httpx.
+    fast_http: bool = True
 
 
 @dataclass(frozen=True)
@@ -482,6 +485,7 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         ),
         max_buffer_bytes=r.int_("max_buffer_bytes", RetrieveConfig.max_buffer_bytes, 1024 * 1024),
         fast_send=r.bool_("fast_send", RetrieveConfig.fast_send),
+        fast_http=r.bool_("fast_http", RetrieveConfig.fast_http),
     )
     r.finish()
 

@@ -23,6 +23,7 @@ import httpx
 
 from bridge.config import DicomwebConfig
 from bridge.dicomweb.multipart import MultipartDecoder, Part, boundary_from_content_type
+from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import (
     new_boundary,
@@ -203,8 +204,11 @@ class DicomwebClient:
         policy: RetryPolicy | None = None,
         backend: str = "default",
         observer: Observer | None = None,
+        raw: RawGetter | None = None,
     ) -> None:
         self.http = http
+        # The lean GET for WADO-RS bulk data (bridge/dicomweb/rawget.py), when usable.
+        self.raw = raw
         self.base_url = base_url.rstrip("/")
         self.query_encoding = query_encoding
         self.policy = policy or RetryPolicy()
@@ -254,6 +258,11 @@ class DicomwebClient:
         results = parse_qido_body(response.content, response.headers.get("content-type", ""))
         return QidoPage(results=list(results), more_hinted=_more_hinted(response))
 
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        if self.raw is not None:
+            await self.raw.aclose()
+
     def instance_url(self, ref: InstanceRef) -> str:
         return (
             f"{self.base_url}/studies/{ref.study_uid}/series/{ref.series_uid}"
@@ -301,12 +310,24 @@ class DicomwebClient:
     async def _get_multipart_once(self, url: str, accept: str) -> list[Part]:
         """GET a multipart/related resource and decode it while it streams in."""
         LOGGER.debug("WADO-RS %s", url)
+        if self.raw is not None:
+            response = await self.raw.request(url, {"Accept": accept, **_NO_GZIP})
+            try:
+                boundary = boundary_from_content_type(response.headers.get("content-type", ""))
+                decoder = MultipartDecoder(boundary)
+                parts: list[Part] = []
+                async for chunk in response.chunks():
+                    parts.extend(decoder.feed(chunk))
+                parts.extend(decoder.close())
+            finally:
+                response.release()
+            return parts
         with map_errors(url):
             async with self.http.stream("GET", url, headers={"Accept": accept, **_NO_GZIP}) as rsp:
                 raise_for_status(rsp)
                 boundary = boundary_from_content_type(rsp.headers.get("content-type", ""))
                 decoder = MultipartDecoder(boundary)
-                parts: list[Part] = []
+                parts = []
                 # No chunk_size: re-chunking copies every byte once more.
                 async for chunk in rsp.aiter_raw():
                     parts.extend(decoder.feed(chunk))
@@ -391,10 +412,18 @@ def make_client(
     backend: str = "default",
     observer: Observer | None = None,
     auth: httpx.Auth | None = None,
+    fast_http: bool = True,
 ) -> DicomwebClient:
     """A DicomwebClient for one configured backend. Call it on the event loop's thread;
     build `auth` (``build_auth``) before, since it may block or raise ConfigError."""
     policy = RetryPolicy(deadline=config.retry_deadline, max_retries=config.max_retries)
+    raw = None
+    if fast_http and auth is None:
+        raw = RawGetter(
+            timeout=config.timeout,
+            ssl_context=tls_context(config),
+            max_connections=config.max_connections,
+        )
     return DicomwebClient(
         make_http_client(config, auth),
         config.url,
@@ -402,6 +431,7 @@ def make_client(
         policy=policy,
         backend=backend,
         observer=observer,
+        raw=raw,
     )
 
 

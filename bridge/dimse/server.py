@@ -237,7 +237,7 @@ class Bridge:
         clients, self.clients = self.clients, {}
         for client in clients.values():
             try:
-                self.loop.call(client.http.aclose(), timeout=5)
+                self.loop.call(client.aclose(), timeout=5)
             except Exception:  # shutting down: nothing left to tell
                 LOGGER.debug("closing an HTTP client failed", exc_info=True)
 
@@ -288,12 +288,20 @@ async def _make_clients(
     observer = metrics.http_request
     clients = {
         "default": make_client(
-            config.dicomweb, backend="default", observer=observer, auth=auths["default"]
+            config.dicomweb,
+            backend="default",
+            observer=observer,
+            auth=auths["default"],
+            fast_http=config.retrieve.fast_http,
         )
     }
     for backend in config.backends:
         clients[backend.name] = make_client(
-            backend.dicomweb, backend=backend.name, observer=observer, auth=auths[backend.name]
+            backend.dicomweb,
+            backend=backend.name,
+            observer=observer,
+            auth=auths[backend.name],
+            fast_http=config.retrieve.fast_http,
         )
     return clients
 
