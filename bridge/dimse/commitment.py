@@ -10,14 +10,18 @@ AE as configured in ``[[peers]]``.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterable
+from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom import AE, build_context, build_role
+from pynetdicom.dimse_primitives import N_EVENT_REPORT
+from pynetdicom.dsutils import encode
 
 from bridge.dicomweb.client import is_last_page
 from bridge.dimse import sop
@@ -37,6 +41,7 @@ NO_SUCH_OBJECT_INSTANCE = 0x0112
 INVALID_ARGUMENT_VALUE = 0x0115
 NO_SUCH_ACTION = 0x0123
 _UIDS_PER_QUERY = 50  # keeps each QIDO-RS URL well under common 8 KB limits
+_REPORT_TIMEOUT = 5.0  # seconds to wait for the N-EVENT-REPORT-RSP on the same association
 
 
 def handle_action(event: Any, ctx: BridgeContext) -> tuple[Dataset | int, Dataset | None]:
@@ -150,16 +155,41 @@ def _commit(
 
 
 def _send_on_same(assoc: Any, event_type: int, info: Dataset) -> bool:
-    # The acceptor's reactor also reads the DIMSE queue: pause it (pynetdicom's documented
-    # way for an acceptor to send requests itself) so the N-EVENT-REPORT-RSP reaches us.
+    """The N-EVENT-REPORT on the requestor's own association, if it takes it.
+
+    The acceptor's reactor also reads the DIMSE queue, so it is paused (pynetdicom's way
+    for an acceptor to send requests itself) while the response is awaited. A requestor
+    that releases as the report crosses its release never answers it: the wait watches
+    for that, then lets the reactor answer the release, and the report goes out on a new
+    association instead.
+    """
     assoc._reactor_checkpoint.clear()
     try:
-        if not _wait_paused(assoc):
+        if not _wait_paused(assoc) or assoc.acse.is_release_requested():
             return False
-        status, _ = assoc.send_n_event_report(
-            info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
-        )
-        return bool(status) and status.get("Status") == SUCCESS
+        context = assoc._get_valid_context(STORAGE_COMMITMENT_PUSH, "", None)
+        syntax = context.transfer_syntax[0]
+        req = N_EVENT_REPORT()
+        req.MessageID = 1
+        req.AffectedSOPClassUID = STORAGE_COMMITMENT_PUSH
+        req.AffectedSOPInstanceUID = STORAGE_COMMITMENT_INSTANCE
+        req.EventTypeID = event_type
+        encoded = encode(info, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+        if encoded is None:
+            raise ValueError("the Event Information cannot be encoded")
+        req.EventInformation = BytesIO(encoded)
+        assoc.dimse.send_msg(req, context.context_id)
+        deadline = time.monotonic() + _REPORT_TIMEOUT
+        while time.monotonic() < deadline:
+            if assoc.acse.is_release_requested() or not assoc.is_established:
+                return False
+            try:
+                _, rsp = assoc.dimse.msg_queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if isinstance(rsp, N_EVENT_REPORT) and rsp.Status is not None:
+                return bool(rsp.Status == SUCCESS)
+        return False
     except Exception as exc:
         LOGGER.warning("N-EVENT-REPORT on the same association failed: %s", exc)
         return False

@@ -69,8 +69,9 @@ class _SubAssociation:
         sock = event.assoc.dul.socket.socket
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # The A-ASSOCIATE-RQ is built after the connection opens, from this value.
+        # pynetdicom has already built the A-ASSOCIATE-RQ primitive by now: set both.
         event.assoc.requestor.ae_title = self.calling_ae_title
+        event.assoc.requestor.primitive.calling_ae_title = self.calling_ae_title
         self.assoc = event.assoc
         self.opened.set()
 

@@ -56,6 +56,9 @@ class StoreOutcomes:
     def __init__(self, assoc: Any) -> None:
         self.assoc = assoc
         self.last: int | None = None
+        # A C-STORE went out and no response came back (timeout, abort): pynetdicom clears
+        # is_established a moment later, so this is the first sign the peer is gone.
+        self.no_response = False
 
     def __enter__(self) -> StoreOutcomes:
         original: Callable[..., Any] = self.assoc.send_c_store
@@ -75,6 +78,7 @@ class StoreOutcomes:
                 raise
             status = rsp.get("Status") if isinstance(rsp, Dataset) else None
             self.last = int(status) if status is not None else None
+            self.no_response = status is None
             return rsp
 
         self.assoc.send_c_store = send_c_store
@@ -83,6 +87,10 @@ class StoreOutcomes:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(AttributeError):
             del self.assoc.send_c_store
+
+
+def _lost(assoc: Any) -> bool:
+    return bool(not assoc.is_established or assoc.is_aborted or not assoc.dul.is_alive())
 
 
 def run_suboperations(
@@ -110,7 +118,7 @@ def run_suboperations(
             for subop in subops:
                 if cancelled():
                     raise Cancelled()
-                if not sender.is_established:
+                if outcomes.no_response or _lost(sender):
                     # The destination went away: every remaining sub-operation fails, and
                     # nothing more is fetched for it.
                     tally.failed.extend(ref.sop_instance_uid for ref in refs[done:])
