@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -28,8 +29,8 @@ from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import (
     new_boundary,
     parse_stow_response,
+    part10_body,
     stow_content_type,
-    stream_part10,
 )
 from bridge.errors import (
     DicomwebError,
@@ -351,7 +352,7 @@ class DicomwebClient:
             }
             with map_errors(url):
                 return await self.http.post(
-                    url, content=stream_part10(path, boundary), headers=headers
+                    url, content=part10_body(path, boundary), headers=headers
                 )
 
         # Not idempotent: retried only when no connection could be made at all.
@@ -418,7 +419,20 @@ def make_client(
     build `auth` (``build_auth``) before, since it may block or raise ConfigError."""
     policy = RetryPolicy(deadline=config.retry_deadline, max_retries=config.max_retries)
     raw = None
-    if fast_http and auth is None:
+    # httpx honours HTTP(S)_PROXY from the environment; the lean client does not, so it
+    # stands aside whenever a proxy is configured, as it does for authentication.
+    proxied = any(
+        os.environ.get(name)
+        for name in (
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+        )
+    )
+    if fast_http and auth is None and not proxied:
         raw = RawGetter(
             timeout=config.timeout,
             ssl_context=tls_context(config),

@@ -29,6 +29,19 @@ def new_boundary() -> str:
     return uuid.uuid4().hex
 
 
+# Up to this size a file is sent from memory: reading it in one go costs less than
+# handing every chunk to a worker thread, and the C-STORE waits on this round trip.
+IN_MEMORY_LIMIT = 16 * 1024 * 1024
+
+
+def part10_body(path: Path, boundary: str) -> bytes | AsyncIterator[bytes]:
+    """The STOW-RS request body for one Part 10 file: bytes when small, else a stream."""
+    if path.stat().st_size > IN_MEMORY_LIMIT:
+        return stream_part10(path, boundary)
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+    return head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode("ascii")
+
+
 async def stream_part10(path: Path, boundary: str) -> AsyncIterator[bytes]:
     """One-part multipart/related body, read from `path` in chunks (never whole in memory)."""
     yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
