@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import httpcore
 import httpx
+from dicomweb_client.uri import URI, URISuffix
 
 from bridge.config import DicomwebConfig
 from bridge.dicomweb.multipart import MultipartDecoder, Part, boundary_from_content_type
@@ -264,10 +265,25 @@ class DicomwebClient:
         if self.raw is not None:
             await self.raw.aclose()
 
-    def instance_url(self, ref: InstanceRef) -> str:
-        return (
-            f"{self.base_url}/studies/{ref.study_uid}/series/{ref.series_uid}"
-            f"/instances/{ref.sop_instance_uid}"
+    def instance_url(
+        self,
+        ref: InstanceRef,
+        *,
+        frames: Sequence[int] | None = None,
+        suffix: URISuffix | None = None,
+    ) -> str:
+        """A WADO-RS resource URL, built and checked by dicomweb-client's URI (permissive:
+        archives do hold UIDs that break the PS3.5 rules)."""
+        return str(
+            URI(
+                self.base_url,
+                ref.study_uid,
+                ref.series_uid,
+                ref.sop_instance_uid,
+                frames=frames,
+                suffix=suffix,
+                permissive=True,
+            )
         )
 
     async def retrieve_instance(self, ref: InstanceRef, transfer_syntax: str = ANY_SYNTAX) -> bytes:
@@ -283,7 +299,7 @@ class DicomwebClient:
 
     async def retrieve_metadata(self, ref: InstanceRef) -> dict[str, Any]:
         """WADO-RS metadata of one instance (DICOM JSON, bulk data as BulkDataURI)."""
-        url = self.instance_url(ref) + "/metadata"
+        url = self.instance_url(ref, suffix=URISuffix.METADATA)
         return await self._read("wado", "WADO-RS metadata", lambda: self._metadata_once(url))
 
     async def _metadata_once(self, url: str) -> dict[str, Any]:
@@ -299,7 +315,7 @@ class DicomwebClient:
         self, ref: InstanceRef, frames: Sequence[int], transfer_syntax: str
     ) -> list[bytes]:
         """WADO-RS frames of one instance, one bytes object per frame, in request order."""
-        url = self.instance_url(ref) + "/frames/" + ",".join(str(n) for n in frames)
+        url = self.instance_url(ref, frames=sorted(set(frames)))
         accept = (
             f'multipart/related; type="application/octet-stream"; transfer-syntax={transfer_syntax}'
         )

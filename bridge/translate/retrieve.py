@@ -158,7 +158,8 @@ def parse_frame_list(identifier: Dataset) -> tuple[int, ...]:
         values = [int(v) for v in (raw if isinstance(raw, Iterable) else [raw])]
         if not values or any(v < 1 for v in values):
             raise FrameError(INVALID_FRAME_REQUEST, "SimpleFrameList must hold frame numbers >= 1")
-        return tuple(values)
+        # WADO-RS (and dicomweb-client's URI) want ascending, distinct frame numbers.
+        return tuple(sorted(set(values)))
     if "CalculatedFrameList" in identifier:
         raw = identifier.CalculatedFrameList
         triplets = [int(v) for v in (raw if isinstance(raw, Iterable) else [raw])]
