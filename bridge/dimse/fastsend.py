@@ -5,10 +5,12 @@ again: two full passes over each data set on the one thread that paces the whole
 When the peer accepted the instance's stored transfer syntax exactly, the encoded data
 set after the File Meta group is already the C-STORE payload, so it is sent as is.
 
-It relies on pynetdicom internals that ``send_c_store`` itself uses (pinned to
-pynetdicom 3.0 in pyproject.toml): ``_get_valid_context``, ``_reactor_checkpoint``,
-``_is_paused``, ``_check_received_status``, ``_handle_no_response``, and the C_STORE
-primitive's ``DataSet``. ``[retrieve] fast_send = false`` turns it off; the stock path is
+The C-STORE-RQ command set is encoded directly too, and the P-DATA primitives handed to
+the DUL as pynetdicom's own ``encode_msg`` would (tested byte for byte against it). It
+relies on pynetdicom internals that ``send_c_store`` itself uses (pinned to pynetdicom 3.0
+in pyproject.toml): ``_get_valid_context``, ``_reactor_checkpoint``, ``_is_paused``,
+``_check_received_status``, ``_handle_no_response``, ``dimse.maximum_pdu_size``,
+``dul.send_pdu``. ``[retrieve] fast_send = false`` turns it off; the stock path is
 also used whenever the instance needs converting, and for metadata-only instances.
 """
 
@@ -17,13 +19,12 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 
 LOGGER = logging.getLogger(__name__)
 
@@ -122,6 +123,54 @@ def accepts_exactly(assoc: Any, instance: EncodedInstance) -> bool:
     return True
 
 
+def _element(group_element: int, value: bytes) -> bytes:
+    # Implicit VR Little Endian: tag, 4-byte length, value (PS3.5 7.1.3).
+    return struct.pack("<HHI", 0x0000, group_element, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    raw = uid.encode("ascii")
+    return raw + b"\0" if len(raw) % 2 else raw
+
+
+def encode_store_rq(
+    msg_id: int,
+    priority: int,
+    sop_class: str,
+    sop_instance: str,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> bytes:
+    """The C-STORE-RQ command set (PS3.7 9.3.1.1) with a data set following, encoded the way
+    pynetdicom does (Implicit VR Little Endian, group length first); built directly because
+    pynetdicom builds and encodes a pydicom Dataset for it, twice, per sub-operation."""
+    body = _element(0x0002, _ui(sop_class))
+    body += _element(0x0100, struct.pack("<H", 0x0001))  # C-STORE-RQ
+    body += _element(0x0110, struct.pack("<H", msg_id))
+    body += _element(0x0700, struct.pack("<H", priority))
+    body += _element(0x0800, struct.pack("<H", 0x0001))  # a data set follows
+    body += _element(0x1000, _ui(sop_instance))
+    if originator_aet is not None:
+        aet = originator_aet.encode("ascii")
+        body += _element(0x1030, aet + b" " if len(aet) % 2 else aet)
+    if originator_id is not None:
+        body += _element(0x1031, struct.pack("<H", originator_id))
+    return _element(0x0000, struct.pack("<I", len(body))) + body
+
+
+def _p_data_items(context_id: int, command: bytes, data: memoryview, max_pdu: int) -> Any:
+    """P-DATA primitives for one message, fragmented as pynetdicom's encode_msg does."""
+    size = len(command) + len(data) + 6 if max_pdu == 0 else max_pdu - 6
+    for flags, payload in ((0x01, command), (0x00, data)):
+        chunks = [payload[i : i + size] for i in range(0, len(payload), size)] or [payload[:0]]
+        for index, chunk in enumerate(chunks):
+            last = index == len(chunks) - 1
+            pdata = P_DATA()
+            header = flags | (0x02 if last else 0x00)
+            pdata.presentation_data_value_list.append((context_id, bytes([header]) + chunk))
+            yield pdata
+
+
 def send_encoded(
     assoc: Any,
     instance: EncodedInstance,
@@ -137,20 +186,24 @@ def send_encoded(
     context = assoc._get_valid_context(
         instance.SOPClassUID, instance.transfer_syntax, "scu", allow_conversion=False
     )
-    req = C_STORE()
-    req.MessageID = msg_id
-    req.Priority = priority
-    req.MoveOriginatorApplicationEntityTitle = originator_aet
-    req.MoveOriginatorMessageID = originator_id
-    req.AffectedSOPClassUID = instance.SOPClassUID
-    req.AffectedSOPInstanceUID = instance.SOPInstanceUID
-    req.DataSet = BytesIO(instance.encoded)
+    command = encode_store_rq(
+        msg_id,
+        priority,
+        str(instance.SOPClassUID),
+        str(instance.SOPInstanceUID),
+        originator_aet,
+        originator_id,
+    )
     # The reactor would otherwise take the C-STORE-RSP off the queue (as send_c_store).
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
         time.sleep(0.0001)
     try:
-        assoc.dimse.send_msg(req, context.context_id)
+        # What DIMSEServiceProvider.send_msg does, minus building a pydicom command set
+        # (no EVT_DIMSE_SENT for these sub-operation requests: nothing here listens).
+        max_pdu = assoc.dimse.maximum_pdu_size
+        for pdata in _p_data_items(context.context_id, command, instance.encoded, max_pdu):
+            assoc.dul.send_pdu(pdata)
         _, rsp = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()

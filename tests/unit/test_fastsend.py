@@ -62,3 +62,36 @@ def test_split_part10_finds_the_data_set() -> None:
 def test_not_part10_is_refused(payload: bytes) -> None:
     with pytest.raises(Part10Error):
         split_part10(payload)
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 4096, 1000])
+@pytest.mark.parametrize("originator", [(None, None), ("MOVER", 3), ("ODDAE", 65535)])
+def test_p_data_equal_pynetdicoms_encode_msg(
+    max_pdu: int, originator: tuple[str | None, int | None]
+) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from bridge.dimse.fastsend import _p_data_items, encode_store_rq
+
+    payload = _payload("CT_small.dcm")
+    instance = EncodedInstance(payload)
+    aet, originator_id = originator
+    req = C_STORE()
+    req.MessageID = 7
+    req.Priority = 2
+    req.AffectedSOPClassUID = instance.SOPClassUID
+    req.AffectedSOPInstanceUID = instance.SOPInstanceUID
+    req.MoveOriginatorApplicationEntityTitle = aet
+    req.MoveOriginatorMessageID = originator_id
+    req.DataSet = BytesIO(bytes(instance.encoded))
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    theirs = [p.presentation_data_value_list for p in message.encode_msg(5, max_pdu)]
+    command = encode_store_rq(
+        7, 2, str(instance.SOPClassUID), str(instance.SOPInstanceUID), aet, originator_id
+    )
+    ours = [
+        p.presentation_data_value_list for p in _p_data_items(5, command, instance.encoded, max_pdu)
+    ]
+    assert ours == theirs
