@@ -193,15 +193,6 @@ class Config:
     backends: tuple[Backend, ...] = ()
     source: str = EMBEDDED_SOURCE
 
-    def backend_for(self, called_ae_title: str) -> tuple[str, DicomwebConfig]:
-        """The backend a called AE title selects: (name, config); the default is
-        ``("default", [dicomweb])``."""
-        wanted = called_ae_title.strip()
-        for backend in self.backends:
-            if backend.ae_title == wanted:
-                return backend.name, backend.dicomweb
-        return "default", self.dicomweb
-
     def peer(self, ae_title: str) -> Peer | None:
         """The peer with this AE title (trailing/leading spaces ignored), if configured."""
         wanted = ae_title.strip()

@@ -68,11 +68,6 @@ REFRESH_MARGIN_SHARE = 0.1
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 
 
-def is_auth_failure(response: httpx.Response) -> bool:
-    """Whether the server refused the request's credentials (HTTP 401 or 403)."""
-    return response.status_code in (401, 403)
-
-
 class TokenEndpointError(DicomwebHTTPError):
     """The token endpoint did not give a token.
 
@@ -247,7 +242,6 @@ class OAuth2ClientCredentials(httpx.Auth):
         self._token: _Token | None = None
         self._async_lock = asyncio.Lock()
         self._sync_lock = threading.Lock()
-        self.tokens_fetched = 0
 
     # -- state
 
@@ -325,7 +319,6 @@ class OAuth2ClientCredentials(httpx.Auth):
         # before its answer reached us.
         token = _Token(value, started + lifetime - margin, started + lifetime)
         self._token = token
-        self.tokens_fetched += 1
         LOGGER.info("OAuth2 token obtained from %s (valid %.0f s)", self.token_url, lifetime)
         return token
 
@@ -525,7 +518,6 @@ class GoogleAuth(httpx.Auth):
         self._async_lock = asyncio.Lock()
         self._sync_lock = threading.Lock()
         self._refused: str | None = None  # a token the server answered 401 to
-        self.refreshes = 0
 
     def _valid(self) -> bool:
         token = self.credentials.token
@@ -548,7 +540,6 @@ class GoogleAuth(httpx.Auth):
                 )
                 unreachable.never_sent = True  # nor was the DICOMweb request
                 raise unreachable from None
-            self.refreshes += 1
             self._refused = None
             LOGGER.info("Google credentials refreshed")
 

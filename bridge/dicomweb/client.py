@@ -182,11 +182,22 @@ def _more_hinted(response: httpx.Response) -> bool:
 # (backend, kind, outcome, seconds) of each HTTP exchange, for metrics.
 Observer = Callable[[str, str, str, float], None]
 T = TypeVar("T")
-_ERROR_OUTCOMES: dict[type[DicomwebError], str] = {
-    DicomwebTimeout: "timeout",
-    DicomwebUnavailable: "connect_error",
-    DicomwebProtocolError: "protocol_error",
-}
+
+
+def outcome_of(error: DicomwebError) -> str:
+    """The metrics outcome label of a failed exchange (an HTTP status, or what broke)."""
+    if isinstance(error, DicomwebHTTPError):
+        return str(error.status_code)
+    if isinstance(error, DicomwebTimeout):
+        return "timeout"
+    if isinstance(error, DicomwebTLSError):
+        return "tls_error"
+    if isinstance(error, DicomwebUnavailable):
+        # Never sent: the connection could not be made; else it broke under the request.
+        return "connect_error" if error.never_sent else "transport_error"
+    if isinstance(error, DicomwebProtocolError):
+        return "protocol_error"
+    return "error"
 
 
 def is_last_page(page: QidoPage, page_size: int) -> bool:
@@ -223,11 +234,8 @@ class DicomwebClient:
         outcome = "200"
         try:
             result = await attempt()
-        except DicomwebHTTPError as exc:
-            outcome = str(exc.status_code)
-            raise
         except DicomwebError as exc:
-            outcome = _ERROR_OUTCOMES.get(type(exc), "error")
+            outcome = outcome_of(exc)
             raise
         except asyncio.CancelledError:
             outcome = "cancelled"

@@ -29,7 +29,6 @@ from bridge.errors import (
 )
 
 _READ = 1024 * 1024
-_MAX_HEAD = 64 * 1024
 # Idle keep-alive connections are dropped sooner than Orthanc's 1 s, as for httpx.
 _KEEPALIVE = 0.8
 

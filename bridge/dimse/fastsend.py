@@ -112,17 +112,6 @@ class EncodedInstance(Dataset):
         return memoryview(self._payload)[self._offset :]
 
 
-def accepts_exactly(assoc: Any, instance: EncodedInstance) -> bool:
-    """Whether an accepted context takes the instance's syntax as is (no conversion)."""
-    try:
-        assoc._get_valid_context(
-            instance.SOPClassUID, instance.transfer_syntax, "scu", allow_conversion=False
-        )
-    except ValueError:
-        return False
-    return True
-
-
 def _element(group_element: int, value: bytes) -> bytes:
     # Implicit VR Little Endian: tag, 4-byte length, value (PS3.5 7.1.3).
     return struct.pack("<HHI", 0x0000, group_element, len(value)) + value

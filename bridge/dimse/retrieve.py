@@ -171,7 +171,6 @@ class InstanceSource:
         self.cancelled = cancelled
         # (series, SOP class) → what to ask the server for, learned from earlier instances.
         self.hints: dict[tuple[str, str], str] = {}
-        self.sent_index = -1
 
     async def _fetch(self, ref: InstanceRef) -> Payload:
         if ref.sop_class_uid and not self.accepted.get(ref.sop_class_uid):
@@ -210,7 +209,6 @@ class InstanceSource:
                         assert fetched.value is not None
                         yield self._prepare(ref, fetched.value)
                 finally:
-                    self.sent_index = index
                     handle.release(index)
 
     def _prepare(self, ref: InstanceRef, fetched: Payload) -> SubOp:
@@ -256,7 +254,6 @@ class InstanceSource:
             try:
                 # pydicom would otherwise give the decompressed copy a new SOP Instance UID.
                 ds.decompress(generate_instance_uid=False)
-                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             except Exception as exc:
                 return SubOp(ref, error=f"cannot decompress {stored}: {exc}")
             self.hints[key] = _LOCAL

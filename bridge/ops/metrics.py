@@ -11,21 +11,17 @@ carry patient data.
 
 ``dimse_event_handlers`` observes associations and DIMSE messages on the wire, so that
 association counts, DIMSE statuses, sub-operation counts and C-CANCELs are recorded
-without touching the service handlers. ``HttpTimer`` / ``Metrics.time_http`` wrap one
-DICOMweb HTTP request.
+without touching the service handlers. HTTP requests are reported by the DICOMweb client
+itself (its ``observer``, bound to ``Metrics.http_request``), which already classifies
+their outcomes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 import weakref
-from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
-import httpx
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -38,12 +34,6 @@ from prometheus_client import (
 from pynetdicom import evt
 
 from bridge import __version__
-from bridge.aio import Cancelled
-from bridge.errors import (
-    DicomwebHTTPError,
-    DicomwebProtocolError,
-    DicomwebTimeout,
-)
 
 # The classic Prometheus text format. prometheus_client's CONTENT_TYPE_LATEST moved to
 # "version=1.0.0" in recent releases, which older scrapers do not know; our metric and
@@ -214,83 +204,11 @@ class Metrics:
         self._http.labels(backend, kind, outcome).inc()
         self._http_seconds.labels(backend, kind).observe(max(0.0, seconds))
 
-    def time_http(self, backend: str, kind: str) -> HttpTimer:
-        """A context manager timing one HTTP request; see ``HttpTimer``."""
-        return HttpTimer(self, backend, kind)
-
     # --- exposition ---------------------------------------------------------------------
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE
-
-
-class HttpTimer:
-    """Times one HTTP request and records it when the ``with`` block ends.
-
-    Set ``outcome`` (e.g. ``timer.set_status(response.status_code)``) once the answer is
-    in; an exception leaving the block is classified by ``http_outcome`` instead and
-    propagates unchanged. A block that ends without either records ``unknown``.
-    """
-
-    def __init__(
-        self,
-        metrics: Metrics,
-        backend: str,
-        kind: str,
-        clock: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self.metrics = metrics
-        self.backend = backend
-        self.kind = kind
-        self.outcome: str | None = None
-        self._clock = clock
-        self._start = 0.0
-
-    def set_status(self, status_code: int) -> None:
-        self.outcome = str(status_code)
-
-    def __enter__(self) -> HttpTimer:
-        self._start = self._clock()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # An HTTP error status raised after set_status() keeps the status as outcome.
-        if exc is not None and self.outcome is None:
-            self.outcome = http_outcome(exc)
-        self.metrics.http_request(
-            self.backend, self.kind, self.outcome or "unknown", self._clock() - self._start
-        )
-
-
-def http_outcome(exc: BaseException) -> str:
-    """The outcome label of an HTTP request that raised `exc`.
-
-    Works on httpx's exceptions and on the bridge's DicomwebError tree (whose
-    ``__cause__`` is the httpx exception it was mapped from).
-    """
-    if isinstance(exc, asyncio.CancelledError | Cancelled):
-        return "cancelled"
-    if isinstance(exc, DicomwebHTTPError):
-        return str(exc.status_code)
-    if isinstance(exc, DicomwebTimeout | httpx.TimeoutException | TimeoutError):
-        return "timeout"
-    cause = exc.__cause__
-    if isinstance(exc, httpx.ConnectError | httpx.UnsupportedProtocol) or isinstance(
-        cause, httpx.ConnectError | httpx.UnsupportedProtocol
-    ):
-        return "connect_error"
-    if isinstance(exc, DicomwebProtocolError | httpx.RemoteProtocolError):
-        return "protocol_error"
-    if isinstance(exc, httpx.TransportError) or isinstance(cause, httpx.TransportError):
-        # A reset or a closed connection after the request went out.
-        return "transport_error"
-    return "error"
 
 
 # --- pynetdicom event hooks -----------------------------------------------------------

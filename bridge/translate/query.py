@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
@@ -397,8 +397,3 @@ def add_patient_counts(patient: Dataset, studies: list[Dataset]) -> None:
     patient.NumberOfPatientRelatedStudies = len(studies)
     patient.NumberOfPatientRelatedSeries = total("NumberOfStudyRelatedSeries")
     patient.NumberOfPatientRelatedInstances = total("NumberOfStudyRelatedInstances")
-
-
-def vr_of(keyword: str) -> str:
-    """The dictionary VR of a keyword (first of several for ambiguous VRs)."""
-    return str(dictionary_VR(Tag(keyword))).split(" or ")[0]

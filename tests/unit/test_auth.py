@@ -36,7 +36,6 @@ from bridge.dicomweb.auth import (
     SecretBasicAuth,
     TokenEndpointError,
     build_auth,
-    is_auth_failure,
     read_secret,
 )
 from bridge.errors import ConfigError, DicomwebHTTPError, DicomwebProtocolError
@@ -179,11 +178,6 @@ def test_bearer_token_with_a_line_break_is_refused_without_showing_it(tmp_path: 
     ):
         client.get(API)
     assert "Injected" not in str(info.value) and "abc" not in str(info.value)
-
-
-def test_is_auth_failure() -> None:
-    assert is_auth_failure(httpx.Response(401)) and is_auth_failure(httpx.Response(403))
-    assert not is_auth_failure(httpx.Response(404))
 
 
 # --------------------------------------------------------------------------- OAuth2

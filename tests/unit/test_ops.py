@@ -14,24 +14,19 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pynetdicom import AE, evt
 
-from bridge.aio import Cancelled
 from bridge.dimse.sop import STUDY_ROOT_FIND, VERIFICATION
-from bridge.errors import DicomwebHTTPError, DicomwebTimeout, DicomwebUnavailable
 from bridge.ops.http import CachedProbe, OpsServer, parse_listen
 from bridge.ops.logs import TEXT_FORMAT, JsonFormatter, Progress, setup_logging
 from bridge.ops.metrics import (
     CONTENT_TYPE,
     DimseObserver,
-    HttpTimer,
     Metrics,
     dimse_event_handlers,
-    http_outcome,
     status_category,
     status_label,
 )
@@ -200,71 +195,12 @@ def test_render_parses() -> None:
     assert "process_resident_memory_bytes" in families or "process_cpu_seconds" in families
 
 
-# --- HTTP timing ---------------------------------------------------------------------------
-
-
 class _Clock:
     def __init__(self, start: float = 100.0) -> None:
         self.now = start
 
     def __call__(self) -> float:
         return self.now
-
-
-def test_http_timer_records_status_and_duration() -> None:
-    m = Metrics()
-    clock = _Clock()
-    with HttpTimer(m, "default", "wado", clock=clock) as timer:
-        clock.now += 1.5
-        timer.set_status(200)
-    name = "dimse_bridge_http_requests_total"
-    assert _value(m, name, backend="default", kind="wado", outcome="200") == 1
-    assert _value(
-        m, "dimse_bridge_http_request_seconds_sum", backend="default", kind="wado"
-    ) == pytest.approx(1.5)
-
-
-def test_http_timer_classifies_exceptions_and_reraises() -> None:
-    m = Metrics()
-    with pytest.raises(DicomwebTimeout), m.time_http("default", "qido"):
-        raise DicomwebTimeout("timed out")
-    with pytest.raises(DicomwebHTTPError), m.time_http("default", "qido"):
-        raise DicomwebHTTPError(503, "Service Unavailable", "http://x/studies")
-    with m.time_http("default", "probe"):
-        pass  # neither a status nor an exception
-    name = "dimse_bridge_http_requests_total"
-    assert _value(m, name, backend="default", kind="qido", outcome="timeout") == 1
-    assert _value(m, name, backend="default", kind="qido", outcome="503") == 1
-    assert _value(m, name, backend="default", kind="probe", outcome="unknown") == 1
-
-
-def _caused(exc: Exception, cause: Exception) -> Exception:
-    exc.__cause__ = cause
-    return exc
-
-
-@pytest.mark.parametrize(
-    ("exc", "outcome"),
-    [
-        (DicomwebHTTPError(404, "Not Found", "u"), "404"),
-        (DicomwebTimeout("t"), "timeout"),
-        (httpx.ReadTimeout("t"), "timeout"),
-        (httpx.ConnectError("refused"), "connect_error"),
-        (_caused(DicomwebUnavailable("c"), httpx.ConnectError("refused")), "connect_error"),
-        (_caused(DicomwebUnavailable("c"), httpx.ReadError("reset")), "transport_error"),
-        (httpx.RemoteProtocolError("bad"), "protocol_error"),
-        (Cancelled(), "cancelled"),
-        (ValueError("x"), "error"),
-    ],
-)
-def test_http_outcome(exc: Exception, outcome: str) -> None:
-    assert http_outcome(exc) == outcome
-
-
-def test_http_outcome_of_asyncio_cancel() -> None:
-    import asyncio
-
-    assert http_outcome(asyncio.CancelledError()) == "cancelled"
 
 
 # --- pynetdicom hooks ----------------------------------------------------------------------

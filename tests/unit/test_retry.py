@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from bridge.dicomweb.client import DicomwebClient
+from bridge.dicomweb.client import DicomwebClient, outcome_of
 from bridge.dicomweb.multipart import MultipartError
 from bridge.dicomweb.retry import RetryPolicy, backoff, is_retryable, parse_retry_after, retrying
 from bridge.errors import (
@@ -17,6 +17,7 @@ from bridge.errors import (
     DicomwebHTTPError,
     DicomwebProtocolError,
     DicomwebTimeout,
+    DicomwebTLSError,
     DicomwebUnavailable,
 )
 from bridge.models import QidoQuery, QidoResource
@@ -148,3 +149,57 @@ def test_client_does_not_retry_stow_after_the_request_was_sent(tmp_path: object)
 
     assert asyncio.run(run()) == 503
     assert attempts == [1]
+
+
+@pytest.mark.parametrize(
+    ("error", "outcome"),
+    [
+        (DicomwebHTTPError(404, "Not Found", "u"), "404"),
+        (DicomwebTimeout("slow"), "timeout"),
+        (DicomwebTLSError("untrusted"), "tls_error"),
+        (MultipartError("truncated"), "protocol_error"),
+        (DicomwebUnavailable("reset under the request"), "transport_error"),
+        (DicomwebError("other"), "error"),
+    ],
+)
+def test_outcome_labels(error: DicomwebError, outcome: str) -> None:
+    assert outcome_of(error) == outcome
+
+
+def test_outcome_of_a_connection_never_made() -> None:
+    error = DicomwebUnavailable("refused")
+    error.never_sent = True
+    assert outcome_of(error) == "connect_error"
+
+
+def test_client_reports_connect_errors_and_cancels_to_the_observer() -> None:
+    observed: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    async def stall(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(10)
+        raise AssertionError("not reached")
+
+    async def run(handler: object) -> None:
+        transport = httpx.MockTransport(handler)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport) as http:
+            client = DicomwebClient(
+                http,
+                "http://server/dicom-web",
+                query_encoding="dicom",
+                policy=RetryPolicy(deadline=0, max_retries=0),
+                observer=lambda backend, kind, outcome, s: observed.append(outcome),
+            )
+            task = asyncio.create_task(
+                client.search(QidoQuery(QidoResource.STUDIES), offset=0, limit=1)
+            )
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises((DicomwebUnavailable, asyncio.CancelledError)):
+                await task
+
+    asyncio.run(run(refuse))
+    asyncio.run(run(stall))
+    assert observed == ["connect_error", "cancelled"]
