@@ -23,7 +23,6 @@ from pynetdicom import AE, build_context, build_role
 from pynetdicom.dimse_primitives import N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 
-from bridge.dicomweb.client import is_last_page
 from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
@@ -79,7 +78,6 @@ def present_instances(ctx: BridgeContext, uids: Iterable[str]) -> set[str]:
     """The SOP Instance UIDs among `uids` the DICOMweb server holds (QIDO-RS UID lists)."""
     wanted = sorted(set(uids))
     found: set[str] = set()
-    page_size = ctx.dicomweb.page_size
     for start in range(0, len(wanted), _UIDS_PER_QUERY):
         chunk = wanted[start : start + _UIDS_PER_QUERY]
         query = QidoQuery(
@@ -87,16 +85,11 @@ def present_instances(ctx: BridgeContext, uids: Iterable[str]) -> set[str]:
             match=(("SOPInstanceUID", ",".join(chunk)),),
             includefield=("00080018",),
         )
-        offset = 0
-        while True:
-            page = ctx.loop.call(ctx.client.search(query, offset=offset, limit=page_size))
+        for page in ctx.search_pages(query):
             for result in page.results:
                 element = result.get("00080018")
                 values = element.get("Value", []) if isinstance(element, dict) else []
                 found.update(str(v) for v in values if str(v) in chunk)
-            offset += len(page.results)
-            if is_last_page(page, page_size):
-                break
     return found
 
 

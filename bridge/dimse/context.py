@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bridge.aio import LoopThread
 from bridge.config import Config, DicomwebConfig
-from bridge.dicomweb.client import DicomwebClient
+from bridge.dicomweb.client import DicomwebClient, is_last_page
+from bridge.models import QidoPage, QidoQuery
 from bridge.ops.metrics import Metrics
 
 
@@ -42,6 +43,22 @@ class BridgeContext:
         return replace(
             self, client=client, dicomweb=dicomweb, backend=name, ae_title=called, routes={}
         )
+
+    def search_pages(
+        self, query: QidoQuery, cancelled: Callable[[], bool] | None = None
+    ) -> Iterator[QidoPage]:
+        """Every page of a QIDO-RS search, limit/offset to the end, each fetched when the
+        caller asks for it (so a C-FIND streams as pages arrive); cancellable."""
+        page_size = self.dicomweb.page_size
+        offset = 0
+        while True:
+            page = self.loop.call(
+                self.client.search(query, offset=offset, limit=page_size), cancelled
+            )
+            yield page
+            offset += len(page.results)
+            if is_last_page(page, page_size):
+                return
 
     @property
     def retrieve_ae_title(self) -> str:

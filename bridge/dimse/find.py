@@ -10,7 +10,6 @@ from pydicom import Dataset
 from pynetdicom.dsutils import encode
 
 from bridge.aio import Cancelled
-from bridge.dicomweb.client import is_last_page
 from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.errors import BridgeError, DicomwebProtocolError, InvalidIdentifier
@@ -83,17 +82,12 @@ def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
 
 
 def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Iterator[Response]:
-    web = ctx.dicomweb
     ae_title = ctx.retrieve_ae_title
-    max_results = web.max_results
+    max_results = ctx.dicomweb.max_results
     sent = 0
     patients: dict[tuple[str, str], list[Dataset]] = {}
     hold_patients = plan.level is QueryLevel.PATIENT and plan.needs_patient_counts
-    offset = 0
-    while True:
-        page = ctx.loop.call(
-            ctx.client.search(plan.query, offset=offset, limit=web.page_size), cancelled
-        )
+    for page in ctx.search_pages(plan.query, cancelled):
         for raw in page.results:
             if cancelled():
                 yield CANCEL, None
@@ -115,9 +109,6 @@ def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Itera
                 return
             yield PENDING, _encodable(result_to_identifier(result, plan, ae_title))
             sent += 1
-        offset += len(page.results)
-        if is_last_page(page, web.page_size):
-            break
     if hold_patients:
         for studies in patients.values():
             if cancelled():

@@ -20,7 +20,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 
 from bridge.aio import Cancelled
-from bridge.dicomweb.client import ANY_SYNTAX, is_last_page
+from bridge.dicomweb.client import ANY_SYNTAX
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.fastsend import EncodedInstance, Part10Error
 from bridge.dimse.find import decode_identifier
@@ -68,21 +68,14 @@ def list_instances(
     plan: RetrievePlan, ctx: BridgeContext, cancelled: Callable[[], bool]
 ) -> list[InstanceRef]:
     """Every instance the plan matches, paged to the end, in sending order."""
-    page_size = ctx.dicomweb.page_size
     refs: dict[str, InstanceRef] = {}
-    offset = 0
-    while True:
-        page = ctx.loop.call(
-            ctx.client.search(plan.query, offset=offset, limit=page_size), cancelled
-        )
+    for page in ctx.search_pages(plan.query, cancelled):
         for result in page.results:
             ref = instance_ref(result)
             if ref is None:
                 raise DicomwebProtocolError("QIDO-RS instance result without its UIDs")
             refs.setdefault(ref.sop_instance_uid, ref)
-        offset += len(page.results)
-        if is_last_page(page, page_size):
-            return sort_instances(refs.values())
+    return sort_instances(refs.values())
 
 
 def find_instances(
