@@ -12,7 +12,6 @@ C-CANCEL: in-flight WADO-RS requests are aborted, none started after").
 
 from __future__ import annotations
 
-import re
 import socket
 import threading
 import time
@@ -27,6 +26,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from tests.conftest import require_orthanc
+from tests.faults.paths import is_qido, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
 from tests.integration.dataset import make_ct_series, to_bytes
@@ -44,23 +44,6 @@ THROTTLE_BYTES_PER_S = 4000
 # milliseconds later; anything later than this was started after the cancel.
 START_GRACE_S = 0.05
 CANCEL_LIMIT_S = 1.0
-
-_WADO_INSTANCE = re.compile(r"^/dicom-web/studies/[0-9.]+/series/[0-9.]+/instances/[0-9.]+$")
-_QIDO_INSTANCES = re.compile(r"^/dicom-web/studies/[0-9.]+/instances(\?|$)")
-
-
-def is_wado(path: str) -> bool:
-    """A WADO-RS instance request (QIDO-RS is ``/studies/<uid>/instances?...``)."""
-    return bool(_WADO_INSTANCE.match(path))
-
-
-def is_qido(path: str) -> bool:
-    """The bridge's QIDO-RS instance search: ``/studies/<uid>/instances?...``."""
-    return bool(_QIDO_INSTANCES.match(path))
-
-
-def wado_path_of(uid: str) -> Callable[[str], bool]:
-    return lambda path: is_wado(path) and path.endswith(f"/instances/{uid}")
 
 
 # --------------------------------------------------------------------------- fixtures

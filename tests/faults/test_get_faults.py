@@ -11,7 +11,6 @@ the Failed SOP Instance UID List names exactly that instance. The QIDO-RS search
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from tests.conftest import require_orthanc
+from tests.faults.paths import is_qido, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
 from tests.integration.dataset import make_ct_series, to_bytes
@@ -35,23 +35,6 @@ pytestmark = pytest.mark.integration
 STUDY_SIZE = 300
 FAULTED_INDEX = 10  # the 11th instance in sending order
 GET_MODEL = StudyRootQueryRetrieveInformationModelGet
-
-_WADO_INSTANCE = re.compile(r"^/dicom-web/studies/[0-9.]+/series/[0-9.]+/instances/[0-9.]+$")
-_QIDO_INSTANCES = re.compile(r"^/dicom-web/studies/[0-9.]+/instances(\?|$)")
-
-
-def is_wado(path: str) -> bool:
-    """A WADO-RS instance request: ``/studies/<s>/series/<se>/instances/<i>``, no query."""
-    return bool(_WADO_INSTANCE.match(path))
-
-
-def is_qido(path: str) -> bool:
-    """The bridge's QIDO-RS instance search: ``/studies/<s>/instances?...``."""
-    return bool(_QIDO_INSTANCES.match(path))
-
-
-def wado_path_of(uid: str) -> Callable[[str], bool]:
-    return lambda path: is_wado(path) and path.endswith(f"/instances/{uid}")
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -36,6 +36,7 @@ from pynetdicom.sop_class import (
 )
 
 from tests.conftest import require_orthanc
+from tests.faults.paths import is_qido_studies, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
 from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_bridge
 from tests.integration.dataset import make_ct_series, to_bytes
@@ -50,22 +51,6 @@ MSG_ID = 11
 SUCCESS, PENDING, CANCEL = 0x0000, 0xFF00, 0xFE00
 OUT_OF_RESOURCES = 0xA700
 SUBOPS_FAILED = 0xB000
-
-_QIDO_STUDIES = re.compile(r"^/dicom-web/studies(\?|$)")
-_WADO_INSTANCE = re.compile(r"^/dicom-web/studies/[0-9.]+/series/[0-9.]+/instances/[0-9.]+$")
-
-
-def is_qido_studies(path: str) -> bool:
-    """The QIDO-RS search a STUDY-level C-FIND sends: ``/studies?...``."""
-    return bool(_QIDO_STUDIES.match(path))
-
-
-def is_wado(path: str) -> bool:
-    return bool(_WADO_INSTANCE.match(path))
-
-
-def wado_path_of(uid: str) -> Callable[[str], bool]:
-    return lambda path: is_wado(path) and path.endswith(f"/instances/{uid}")
 
 
 def is_stow(path: str) -> bool:

@@ -62,6 +62,7 @@ from pynetdicom.sop_class import (
 )
 
 from tests.conftest import OrthancFixture, require_orthanc
+from tests.faults.paths import is_wado
 from tests.faults.proxy import FaultProxy, RequestRecord
 from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_bridge
 from tests.integration.dataset import InstanceEntry, Manifest, make_ct_series, to_bytes
@@ -111,7 +112,6 @@ THROTTLE_BYTES_PER_S = 4000
 CANCEL_AFTER = 3  # pending responses seen before the SCU sends C-CANCEL
 CANCEL_LIMIT_S = 1.0
 START_GRACE_S = 0.05  # a request already sent when the cancel arrived may land this late
-_WADO_INSTANCE = re.compile(r"^/dicom-web/studies/[0-9.]+/series/[0-9.]+/instances/[0-9.]+$")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -987,11 +987,6 @@ def test_configured_calling_ae_title_is_used(
 
 
 # --------------------------------------------------------------------------- cancel
-
-
-def is_wado(path: str) -> bool:
-    """A WADO-RS instance request (QIDO-RS is ``/studies/<uid>/...?query``)."""
-    return bool(_WADO_INSTANCE.match(path))
 
 
 def test_c_cancel_stops_the_move_and_its_wado_requests(
