@@ -21,16 +21,13 @@ from typing import Any
 
 import pytest
 from pydicom import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
-from tests.conftest import require_orthanc
 from tests.faults.paths import is_qido, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
+from tests.faults.study import Study, failed_uid_list, uploaded_study
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
-from tests.integration.dataset import make_ct_series, to_bytes
-from tests.integration.orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration
 
@@ -49,37 +46,12 @@ CANCEL_LIMIT_S = 1.0
 # --------------------------------------------------------------------------- fixtures
 
 
-@dataclass(frozen=True)
-class Study:
-    server: OrthancServer
-    study_uid: str
-    uids: tuple[str, ...]  # in the bridge's sending order (instance number)
-    upload_s: float
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
-    """A private Orthanc holding one generated CT study of STUDY_SIZE small instances.
-
-    Module-scoped (uploaded once); ``orthanc_factory`` is function-scoped, so the server is
-    built here from the same OrthancServer it uses.
-    """
-    require_orthanc()
-    datasets = make_ct_series(STUDY_SIZE, rows=64, columns=64, key="get-cancel")
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc-get-cancel")).start()
-    try:
-        started = time.monotonic()
-        server.upload_many(to_bytes(ds) for ds in datasets)
-        upload_s = time.monotonic() - started
-        assert server.statistics()["CountInstances"] == STUDY_SIZE
-        yield Study(
-            server=server,
-            study_uid=str(datasets[0].StudyInstanceUID),
-            uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
-            upload_s=upload_s,
-        )
-    finally:
-        server.stop()
+    """A private Orthanc holding one generated CT study of STUDY_SIZE small instances."""
+    workdir = tmp_path_factory.mktemp("orthanc-get-cancel")
+    with uploaded_study(workdir, STUDY_SIZE, "get-cancel") as uploaded:
+        yield uploaded
 
 
 @pytest.fixture
@@ -131,14 +103,7 @@ class GetOutcome:
 
     @property
     def failed_uids(self) -> list[str]:
-        value: Any = (
-            None if self.identifier is None else self.identifier.get("FailedSOPInstanceUIDList")
-        )
-        if value is None or value == "":
-            return []
-        if isinstance(value, MultiValue | list | tuple):
-            return [str(v) for v in value]
-        return [str(value)]
+        return failed_uid_list(self.identifier)
 
     def describe(self) -> str:
         status = "none" if self.status is None else f"0x{self.status:04X}"

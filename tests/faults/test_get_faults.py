@@ -19,16 +19,13 @@ from typing import Any
 
 import pytest
 from pydicom import Dataset
-from pydicom.multival import MultiValue
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
-from tests.conftest import require_orthanc
 from tests.faults.paths import is_qido, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
+from tests.faults.study import Study, failed_uid_list, uploaded_study
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
-from tests.integration.dataset import make_ct_series, to_bytes
-from tests.integration.orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration
 
@@ -40,37 +37,17 @@ GET_MODEL = StudyRootQueryRetrieveInformationModelGet
 # --------------------------------------------------------------------------- fixtures
 
 
-@dataclass(frozen=True)
-class Study:
-    server: OrthancServer
-    study_uid: str
-    uids: tuple[str, ...]  # in the bridge's sending order (instance number)
-
-    @property
-    def faulted(self) -> str:
-        return self.uids[FAULTED_INDEX]
+def faulted(study: Study) -> str:
+    """The instance the fault rules target."""
+    return study.uids[FAULTED_INDEX]
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
-    """A private Orthanc holding one generated CT study of STUDY_SIZE small instances.
-
-    Module-scoped (uploaded once, ~1 s); ``orthanc_factory`` is function-scoped, so the
-    server is built here from the same OrthancServer it uses.
-    """
-    require_orthanc()
-    datasets = make_ct_series(STUDY_SIZE, rows=64, columns=64, key="get-faults")
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc-get-faults")).start()
-    try:
-        server.upload_many(to_bytes(ds) for ds in datasets)
-        assert server.statistics()["CountInstances"] == STUDY_SIZE
-        yield Study(
-            server=server,
-            study_uid=str(datasets[0].StudyInstanceUID),
-            uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
-        )
-    finally:
-        server.stop()
+    """A private Orthanc holding one generated CT study of STUDY_SIZE small instances."""
+    workdir = tmp_path_factory.mktemp("orthanc-get-faults")
+    with uploaded_study(workdir, STUDY_SIZE, "get-faults") as uploaded:
+        yield uploaded
 
 
 @pytest.fixture
@@ -120,14 +97,7 @@ class GetOutcome:
 
     @property
     def failed_uids(self) -> list[str]:
-        value: Any = None
-        if self.identifier is not None:
-            value = self.identifier.get("FailedSOPInstanceUIDList")
-        if value is None or value == "":
-            return []
-        if isinstance(value, MultiValue | list | tuple):
-            return [str(v) for v in value]
-        return [str(value)]
+        return failed_uid_list(self.identifier)
 
     def describe(self) -> str:
         status = "none" if self.status is None else f"0x{self.status:04X}"
@@ -196,8 +166,8 @@ def _counts(ds: Dataset) -> tuple[int, ...]:
 def assert_one_failed(outcome: GetOutcome, study: Study) -> None:
     """0xB000; exactly the faulted instance failed and is listed; every other one arrived."""
     assert outcome.status == 0xB000, outcome.describe()
-    assert outcome.failed_uids == [study.faulted], outcome.describe()
-    expected = [uid for uid in study.uids if uid != study.faulted]
+    assert outcome.failed_uids == [faulted(study)], outcome.describe()
+    expected = [uid for uid in study.uids if uid != faulted(study)]
     assert outcome.received == expected, (
         f"{len(outcome.received)} received; missing "
         f"{sorted(set(expected) - set(outcome.received))[:3]}, "
@@ -225,7 +195,7 @@ def assert_one_failed(outcome: GetOutcome, study: Study) -> None:
 
 
 def faulted_records(proxy: FaultProxy, study: Study) -> list[RequestRecord]:
-    return [r for r in proxy.records() if wado_path_of(study.faulted)(r.path)]
+    return [r for r in proxy.records() if wado_path_of(faulted(study))(r.path)]
 
 
 def report(name: str, **figures: object) -> None:
@@ -258,7 +228,7 @@ def test_one_wado_instance_fails(
     every attempt at one instance's WADO-RS request (retries included): that sub-operation
     alone fails."""
     bridge = start_bridge(10)
-    inject(proxy, wado_path_of(study.faulted))
+    inject(proxy, wado_path_of(faulted(study)))
     outcome = run_get(bridge, study.study_uid)
     attempts = faulted_records(proxy, study)
     assert attempts and all(r.fault == kind for r in attempts), attempts
@@ -285,7 +255,7 @@ def test_one_transient_wado_failure_is_retried(
     """A reset or 503 on the first attempt only: WADO-RS reads are retried (bridge/dicomweb/
     retry.py), so the instance arrives and the C-GET succeeds."""
     bridge = start_bridge(10)
-    inject(proxy, wado_path_of(study.faulted))
+    inject(proxy, wado_path_of(faulted(study)))
     outcome = run_get(bridge, study.study_uid)
     attempts = faulted_records(proxy, study)
     assert [r.fault for r in attempts] == [kind, None], attempts
@@ -300,7 +270,7 @@ def test_stalled_wado_body_times_out(
     """(g) one instance's WADO-RS body stalls after 2000 bytes, dicomweb.timeout = 2: that
     instance fails after ~2 s (the bridge closes the request), the others succeed."""
     bridge = start_bridge(2)
-    proxy.stall(2000, path_filter=wado_path_of(study.faulted))
+    proxy.stall(2000, path_filter=wado_path_of(faulted(study)))
     outcome = run_get(bridge, study.study_uid)
     assert_one_failed(outcome, study)
     attempts = faulted_records(proxy, study)

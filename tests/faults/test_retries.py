@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 from pydicom import Dataset
-from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
@@ -38,6 +37,7 @@ from pynetdicom.sop_class import (
 from tests.conftest import require_orthanc
 from tests.faults.paths import is_qido_studies, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
+from tests.faults.study import failed_uid_list
 from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_bridge
 from tests.integration.dataset import make_ct_series, to_bytes
 from tests.integration.orthanc import OrthancServer
@@ -216,14 +216,7 @@ class GetOutcome:
 
     @property
     def failed_uids(self) -> list[str]:
-        value: Any = (
-            None if self.identifier is None else self.identifier.get("FailedSOPInstanceUIDList")
-        )
-        if value is None or value == "":
-            return []
-        if isinstance(value, MultiValue | list | tuple):
-            return [str(v) for v in value]
-        return [str(value)]
+        return failed_uid_list(self.identifier)
 
     def describe(self) -> str:
         status = "none" if self.status is None else f"0x{self.status:04X}"
