@@ -27,7 +27,12 @@ from bridge.dimse.retrieve import (
     failed_list,
     find_instances,
 )
-from bridge.dimse.suboperations import Response, StoreOutcomes, run_suboperations
+from bridge.dimse.suboperations import (
+    FinalComment,
+    Response,
+    StoreOutcomes,
+    run_suboperations,
+)
 from bridge.errors import BridgeError
 from bridge.models import InformationModel, InstanceRef
 from bridge.translate.frames import FrameError, check_frames, frame_instance, strip_bulk_data
@@ -131,10 +136,11 @@ def _send_frames(
         )
         return
     tally = Tally(total=1)
-    with StoreOutcomes(event.assoc) as outcomes:
+    with FinalComment(event.assoc) as final, StoreOutcomes(event.assoc) as outcomes:
         yield PENDING, ds
         tally.record_store(ref, outcomes.last, len(ds.PixelData))
-    status = tally.final_status()
-    tally.log("C-GET frames", peer, status)
-    if tally.failed:
-        yield status_dataset(status), failed_list([str(ds.SOPInstanceUID)])
+        status = tally.final_status()
+        tally.log("C-GET frames", peer, status)
+        final.comment = tally.comment()
+        if tally.failed:
+            yield status_dataset(status, final.comment), failed_list([str(ds.SOPInstanceUID)])

@@ -144,7 +144,9 @@ def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
     # pynetdicom resumes this generator only once the sub-association is established.
     if sub.assoc is None:
         sub.opened.wait(5)
-    yield from run_suboperations("C-MOVE", sub.assoc, ctx, refs, cancelled, destination_ae)
+    yield from run_suboperations(
+        "C-MOVE", sub.assoc, ctx, refs, cancelled, destination_ae, requestor=event.assoc
+    )
 
 
 def _frames_not_supported() -> Dataset:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -294,6 +295,9 @@ class Tally:
     failed: list[str] = field(default_factory=list)
     bytes_sent: int = 0
     started: float = field(default_factory=time.monotonic)
+    # Why sub-operations failed, most frequent first in the final ErrorComment: the
+    # Failed SOP Instance UID List says which, this says why.
+    reasons: Counter[str] = field(default_factory=Counter)
 
     def record_store(self, ref: InstanceRef, status: int | None, size: int) -> None:
         if status == SUCCESS:
@@ -302,8 +306,29 @@ class Tally:
         elif status in _STORE_WARNINGS:
             self.warnings += 1
             self.bytes_sent += size
+        elif status is None:
+            self.record_failure(ref.sop_instance_uid, "no C-STORE response from the peer")
         else:
-            self.failed.append(ref.sop_instance_uid)
+            self.record_failure(ref.sop_instance_uid, f"peer answered C-STORE 0x{status:04X}")
+
+    def record_failure(self, sop_instance_uid: str, reason: str) -> None:
+        self.failed.append(sop_instance_uid)
+        self.reasons[reason] += 1
+
+    def record_failures(self, sop_instance_uids: list[str], reason: str) -> None:
+        self.failed.extend(sop_instance_uids)
+        if sop_instance_uids:
+            self.reasons[reason] += len(sop_instance_uids)
+
+    def comment(self) -> str | None:
+        """ErrorComment material: the failure reasons with their counts, most frequent
+        first ("3 failed: <reason>; 1: <reason>"); None when nothing failed."""
+        if not self.reasons:
+            return None
+        ranked = self.reasons.most_common()
+        (first, n), rest = ranked[0], ranked[1:]
+        parts = [f"{n} failed: {first}"] + [f"{m}: {reason}" for reason, m in rest]
+        return "; ".join(parts)
 
     def final_status(self) -> int:
         if not self.failed and not self.warnings:

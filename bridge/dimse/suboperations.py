@@ -89,6 +89,44 @@ class StoreOutcomes:
             del self.assoc.send_c_store
 
 
+class FinalComment:
+    """Puts the tally's ErrorComment on the final C-GET/C-MOVE response.
+
+    Once every sub-operation has a result, pynetdicom ignores the handler's final yield and
+    builds the final response itself (``_get_scp``/``_move_scp``: "yielded further
+    results but these will be ignored"), without an ErrorComment. Its one way out is the
+    association's ``dimse.send_msg``, wrapped here for the duration of one retrieve: a
+    non-pending response without an ErrorComment gets ``comment``.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        self.assoc = assoc
+        self.comment: str | None = None
+
+    def __enter__(self) -> FinalComment:
+        dimse = self.assoc.dimse
+        original: Callable[[Any, int], None] = dimse.send_msg
+
+        def send_msg(rsp: Any, context_id: int) -> None:
+            status = getattr(rsp, "Status", None)
+            if (
+                self.comment
+                and status is not None
+                and status != PENDING
+                and hasattr(rsp, "ErrorComment")
+                and not rsp.ErrorComment
+            ):
+                rsp.ErrorComment = status_dataset(int(status), self.comment).ErrorComment
+            original(rsp, context_id)
+
+        dimse.send_msg = send_msg
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(AttributeError):
+            del self.assoc.dimse.send_msg
+
+
 def _lost(assoc: Any) -> bool:
     return bool(not assoc.is_established or assoc.is_aborted or not assoc.dul.is_alive())
 
@@ -101,13 +139,30 @@ def run_suboperations(
     cancelled: CancelWatch,
     peer: str,
     *,
+    requestor: Any = None,
     metadata_only: bool = False,
 ) -> Iterator[Response]:
     """Yield pynetdicom's pending/final C-GET or C-MOVE responses for `refs`.
 
     `sender` is the association the C-STORE sub-operations go out on: the requesting
-    one for C-GET, the sub-association to the Move Destination for C-MOVE.
+    one for C-GET, the sub-association to the Move Destination for C-MOVE; `requestor`
+    the association the responses go out on (default: `sender`).
     """
+    final = FinalComment(requestor if requestor is not None else sender)
+    with final:
+        yield from _run(service, sender, ctx, refs, cancelled, peer, final, metadata_only)
+
+
+def _run(
+    service: str,
+    sender: Any,
+    ctx: BridgeContext,
+    refs: list[InstanceRef],
+    cancelled: CancelWatch,
+    peer: str,
+    final: FinalComment,
+    metadata_only: bool,
+) -> Iterator[Response]:
     tally = Tally(total=len(refs))
     accepted = accepted_syntaxes(sender.accepted_contexts, "scu")
     source = InstanceSource(ctx, refs, accepted, cancelled, metadata_only=metadata_only)
@@ -121,7 +176,10 @@ def run_suboperations(
                 if outcomes.no_response or _lost(sender):
                     # The destination went away: every remaining sub-operation fails, and
                     # nothing more is fetched for it.
-                    tally.failed.extend(ref.sop_instance_uid for ref in refs[done:])
+                    tally.record_failures(
+                        [ref.sop_instance_uid for ref in refs[done:]],
+                        f"association to {peer} lost",
+                    )
                     LOGGER.warning("%s: association to %s lost", service, peer)
                     break
                 done += 1
@@ -132,7 +190,7 @@ def run_suboperations(
                         subop.ref.sop_instance_uid,
                         subop.error,
                     )
-                    tally.failed.append(subop.ref.sop_instance_uid)
+                    tally.record_failure(subop.ref.sop_instance_uid, subop.error or "failed")
                     yield PENDING, FailedSubOp(subop.ref.sop_instance_uid)
                     continue
                 yield PENDING, subop.dataset
@@ -155,5 +213,6 @@ def run_suboperations(
             return
     status = tally.final_status()
     tally.log(service, peer, status)
+    final.comment = tally.comment()
     if status != SUCCESS and tally.failed:
-        yield status_dataset(status), failed_list(tally.failed)
+        yield status_dataset(status, final.comment), failed_list(tally.failed)

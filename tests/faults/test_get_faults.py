@@ -167,6 +167,8 @@ def assert_one_failed(outcome: GetOutcome, study: Study) -> None:
     """0xB000; exactly the faulted instance failed and is listed; every other one arrived."""
     assert outcome.status == 0xB000, outcome.describe()
     assert outcome.failed_uids == [faulted(study)], outcome.describe()
+    # The list says which sub-operation failed; the ErrorComment says why.
+    assert outcome.comment.startswith("1 failed: "), outcome.describe()
     expected = [uid for uid in study.uids if uid != faulted(study)]
     assert outcome.received == expected, (
         f"{len(outcome.received)} received; missing "
@@ -233,6 +235,12 @@ def test_one_wado_instance_fails(
     attempts = faulted_records(proxy, study)
     assert attempts and all(r.fault == kind for r in attempts), attempts
     assert_one_failed(outcome, study)
+    expected_reason = {
+        "truncate": "DICOMweb answer not understood",
+        "status:500": "DICOMweb server answered HTTP 500",
+        "reset": "DICOMweb server unreachable",
+    }[kind]
+    assert outcome.comment.startswith(f"1 failed: {expected_reason}"), outcome.describe()
     report(f"wado/{kind}", attempts=len(attempts), seconds=outcome.seconds)
     assert bridge.running
 
