@@ -52,6 +52,8 @@ class DimseConfig:
     host: str = "0.0.0.0"
     port: int = 11112
     accept_unknown_peers: bool = True
+    # A calling AE title listed in [[peers]] must come from that peer's host.
+    check_peer_host: bool = False
     max_associations: int = 16
     # Seconds a shutdown waits for running associations before aborting them.
     shutdown_timeout: float = 30.0
@@ -443,6 +445,7 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         host=d.str_("host", DimseConfig.host),
         port=d.int_("port", DimseConfig.port, 1, 65535),
         accept_unknown_peers=d.bool_("accept_unknown_peers", DimseConfig.accept_unknown_peers),
+        check_peer_host=d.bool_("check_peer_host", DimseConfig.check_peer_host),
         max_associations=d.int_("max_associations", DimseConfig.max_associations, 1, 1000),
         shutdown_timeout=d.float_("shutdown_timeout", DimseConfig.shutdown_timeout),
         network_timeout=d.float_("network_timeout", DimseConfig.network_timeout),

@@ -29,6 +29,7 @@ from bridge.dimse.commitment import handle_action
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.echo import handle_echo
 from bridge.dimse.find import handle_find
+from bridge.dimse.gate import PeerGate
 from bridge.dimse.get import handle_get
 from bridge.dimse.move import handle_move
 from bridge.dimse.store import handle_store
@@ -60,11 +61,6 @@ def _log_association(event: Any) -> None:
     LOGGER.info(
         "association from %s (%s:%s)", requestor.ae_title, requestor.address, requestor.port
     )
-
-
-def _log_rejected(event: Any) -> None:
-    requestor = event.assoc.requestor
-    LOGGER.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
 
 
 # The acceptor picks the first of its own syntaxes the peer proposed: prefer Explicit VR
@@ -123,6 +119,7 @@ class Bridge:
         self.context: BridgeContext | None = None
         self.ops: OpsServer | None = None
         self._stopping = threading.Event()
+        self.gate = PeerGate(config)
         # Built here, off the event loop: credentials discovery may block, and a broken
         # auth setup must fail the start (ConfigError), not the first request.
         self.auths = {"default": build_auth(config.dicomweb.auth)}
@@ -149,7 +146,7 @@ class Bridge:
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_ESTABLISHED, _log_association),
-            (evt.EVT_REJECTED, _log_rejected),
+            *self.gate.handlers(),
             (evt.EVT_C_ECHO, handle_echo, [ctx]),
             (evt.EVT_C_FIND, handle_find, [ctx]),
             (evt.EVT_C_GET, handle_get, [ctx]),

@@ -37,11 +37,13 @@ SOURCE_USER, SOURCE_PROVIDER_PRESENTATION = 1, 3
 REASON_CALLING_AET_NOT_RECOGNISED, REASON_LOCAL_LIMIT_EXCEEDED = 3, 2
 
 
-def associate(port: int, calling: str) -> Association:
+def associate(port: int, calling: str, source: str | None = None) -> Association:
+    """An association from `calling`, from the loopback address `source` when given."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(Verification)
+    bind = (source, 0) if source else ("", 0)
     # A rejection is expected in some tests: keep pynetdicom's error log quiet about it.
-    return ae.associate("127.0.0.1", port, ae_title=BRIDGE_AET)
+    return ae.associate("127.0.0.1", port, ae_title=BRIDGE_AET, bind_address=bind)
 
 
 def reject_fields(assoc: Association) -> tuple[int, int, int]:
@@ -90,8 +92,11 @@ def test_unknown_peer_is_rejected_calling_aet_not_recognised(gated: BridgeProces
     result, source, reason = reject_fields(assoc)
     assert result in (REJECTED_PERMANENT, REJECTED_TRANSIENT)
     assert (source, reason) == (SOURCE_USER, REASON_CALLING_AET_NOT_RECOGNISED)
-    # The rejection is logged, and the bridge keeps serving the known peer.
-    assert "association from STRANGER (127.0.0.1) rejected" in gated.log_text()
+    # The rejection is logged with its reason, and the bridge keeps serving the known peer.
+    assert (
+        "association from STRANGER (127.0.0.1) rejected: calling AE title not recognised"
+        in gated.log_text()
+    )
     code, output = echoscu(gated.port, "FINDSCU")
     assert code == 0, output
 
@@ -144,6 +149,10 @@ def test_max_associations_rejects_the_one_too_many(
         SOURCE_PROVIDER_PRESENTATION,
         REASON_LOCAL_LIMIT_EXCEEDED,
     )
+    assert (
+        "association from GETSCU (127.0.0.1) rejected: too many associations "
+        "(dimse.max_associations = 2)" in limited.log_text()
+    )
     # The two held ones still work.
     assert all(a.send_c_echo().Status == 0x0000 for a in held)
 
@@ -157,6 +166,71 @@ def test_max_associations_rejects_the_one_too_many(
     assert again.is_established, "no association accepted after one was released"
     held.append(again)
     assert again.send_c_echo().Status == 0x0000
+
+
+@pytest.fixture
+def host_checked(
+    bridge_process: Callable[..., BridgeProcess], orthanc: OrthancFixture
+) -> BridgeProcess:
+    """A bridge that checks peer hosts: CT1 lives at 127.0.0.2, WS1 at "localhost"; any
+    other AE title may associate from anywhere (accept_unknown_peers stays true)."""
+    return bridge_process(
+        bridge_config(
+            orthanc.dicomweb_url,
+            free_port(),
+            dimse__check_peer_host=True,
+            peers=[("CT1", "127.0.0.2", 104), ("WS1", "localhost", 104)],
+        )
+    )
+
+
+def test_check_peer_host_accepts_a_listed_ae_title_from_its_host(
+    host_checked: BridgeProcess,
+) -> None:
+    assoc = associate(host_checked.port, "CT1", source="127.0.0.2")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+    # A host name is resolved: dcmtk's echoscu calls from 127.0.0.1, which is localhost.
+    code, output = echoscu(host_checked.port, "WS1")
+    assert code == 0, output
+
+
+def test_check_peer_host_rejects_a_listed_ae_title_from_another_host(
+    host_checked: BridgeProcess,
+) -> None:
+    code, output = echoscu(host_checked.port, "CT1")  # from 127.0.0.1, not 127.0.0.2
+    assert code != 0, output
+    assert "Calling AE Title Not Recognized" in output, output
+    assoc = associate(host_checked.port, "CT1", source="127.0.0.3")
+    assert assoc.is_rejected and not assoc.is_established
+    assert reject_fields(assoc) == (
+        REJECTED_PERMANENT,
+        SOURCE_USER,
+        REASON_CALLING_AET_NOT_RECOGNISED,
+    )
+    log = host_checked.log_text()
+    assert (
+        "association from CT1 (127.0.0.3) rejected: host mismatch: CT1 is configured at "
+        "127.0.0.2, not 127.0.0.3" in log
+    ), host_checked.log_tail()
+    assert "association from CT1 (127.0.0.1) rejected: host mismatch" in log
+    # An AE title not in [[peers]] is not host-checked, and the bridge keeps serving.
+    code, output = echoscu(host_checked.port, "STRANGER")
+    assert code == 0, output
+    again = associate(host_checked.port, "CT1", source="127.0.0.2")
+    assert again.is_established
+    again.release()
+
+
+def test_without_check_peer_host_the_host_is_not_checked(gated: BridgeProcess) -> None:
+    """The default (today's behaviour): FINDSCU is listed at 127.0.0.1 but accepted from
+    127.0.0.2 as well."""
+    assoc = associate(gated.port, "FINDSCU", source="127.0.0.2")
+    assert assoc.is_established
+    assoc.release()
 
 
 def test_c_echo_is_success(gated: BridgeProcess) -> None:
