@@ -31,10 +31,12 @@ from bridge.dimse.echo import handle_echo
 from bridge.dimse.find import handle_find
 from bridge.dimse.get import handle_get
 from bridge.dimse.move import handle_move
+from bridge.dimse.negotiation import prefer_requested_syntaxes
 from bridge.dimse.store import handle_store
 from bridge.errors import BridgeError, ListenError
 from bridge.ops.http import OpsServer
 from bridge.ops.metrics import Metrics, dimse_event_handlers
+from bridge.translate.transcode import local_encoders
 
 LOGGER = logging.getLogger(__name__)
 
@@ -67,8 +69,10 @@ def _log_rejected(event: Any) -> None:
     LOGGER.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
 
 
-# The acceptor picks the first of its own syntaxes the peer proposed: prefer Explicit VR
-# Little Endian, which keeps VRs (private elements) and is what WADO-RS sends by default.
+# pynetdicom's acceptor picks the first of its own syntaxes the peer proposed: prefer
+# Explicit VR Little Endian, which keeps VRs (private elements) and is what WADO-RS sends by
+# default. For storage SOP classes each association reorders them by the requester's
+# proposals (bridge/dimse/negotiation.py): this order is the tie-break after those.
 ACCEPT_ORDER = [ExplicitVRLittleEndian, ImplicitVRLittleEndian] + [
     ts for ts in ALL_TRANSFER_SYNTAXES if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 ]
@@ -110,6 +114,10 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
+# Storage SOP classes: their contexts get the requester's syntax order (negotiation.py).
+STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+
 class Bridge:
     """A running bridge: HTTP loop, DICOMweb clients and DIMSE listeners; stop() shuts down."""
 
@@ -148,6 +156,7 @@ class Bridge:
         self.context = ctx
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_REQUESTED, prefer_requested_syntaxes, [STORAGE_CLASSES, local_encoders()]),
             (evt.EVT_ESTABLISHED, _log_association),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_C_ECHO, handle_echo, [ctx]),
