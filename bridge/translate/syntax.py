@@ -52,6 +52,8 @@ _LITTLE_ENDIAN_NATIVE = frozenset(
 )
 NATIVE_SYNTAXES = _LITTLE_ENDIAN_NATIVE | {ExplicitVRBigEndian}
 UNCOMPRESSED_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# Uncompressed too, but few peers take only these (C-MOVE proposes them last).
+RARE_NATIVE_SYNTAXES = (ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian)
 # Encapsulated syntaxes that are lossless by definition (PS3.5 Annex A / 8.2). Every other
 # encapsulated syntax may be lossy (JPEG Baseline/Extended, JPEG-LS near-lossless, JPEG 2000
 # and HTJ2K "lossless or lossy", JPEG XL, MPEG/HEVC, JPIP): treated as lossy.

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -40,6 +41,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 
 from tests.conftest import require_orthanc
@@ -56,6 +58,7 @@ from tests.integration.test_get import (
     identifier,
     storage,
 )
+from tests.integration.test_move import Destination, Stored, c_move
 from tests.integration.tools import describe, free_port, run_dcmtk
 
 pytestmark = pytest.mark.integration
@@ -597,3 +600,56 @@ def test_orthanc_transcoding_premise(syntax_set: SyntaxSet) -> None:
     assert {n: s for n, s in statuses.items() if n not in j2k} == {
         n: 200 for n in statuses if n not in j2k
     }
+
+
+# --------------------------------------------------------------------------- (h) C-MOVE
+
+
+def _decoded(stored: Stored) -> Dataset:
+    """A destination's received data set, decoded in its context's syntax (deflated and
+    big endian included), with File Meta naming that syntax."""
+    syntax = UID(stored.transfer_syntax)
+    ds = decode(
+        BytesIO(stored.raw), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+    )
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_move_to_a_destination_taking_only_big_endian_or_deflated(
+    syntax_set: SyntaxSet,
+    bridge_process: Callable[..., BridgeProcess],
+    tmp_path: Path,
+    syntax: str,
+) -> None:
+    """The sub-association proposes Explicit VR BE and Deflated contexts too (after the
+    others), and every stored syntax is brought into them: by Orthanc where it can, by the
+    bridge for JPEG 2000. Before, such a destination accepted no context at all."""
+    dest = Destination("ONLYONE", SOP_CLASSES, (syntax,)).start()
+    try:
+        bridge = bridge_process(
+            bridge_config(
+                syntax_set.server.dicomweb_url,
+                free_port(),
+                peers=[(dest.ae_title, "127.0.0.1", dest.port)],
+            )
+        )
+        outcome = c_move(
+            bridge, identifier("STUDY", StudyInstanceUID=syntax_set.study_uid), dest.ae_title
+        )
+        items = syntax_set.items
+        assert outcome.status == SUCCESS, outcome.summary()
+        assert outcome.count("NumberOfCompletedSuboperations") == len(items)
+        got = dest.by_uid()
+        assert sorted(got) == sorted(i.sop_uid for i in items.values())
+        for item in items.values():
+            stored = got[item.sop_uid]
+            assert stored.transfer_syntax == syntax, item.name
+            ds = _decoded(stored)
+            assert ds.SOPInstanceUID == item.sop_uid
+            pixels = ds.pixel_array
+            assert np.array_equal(pixels, reference_pixels(item, tmp_path)), item.name
+    finally:
+        dest.stop()
