@@ -6,6 +6,12 @@ that the context proposes: the proposer's order does not count. So a ``getscu +x
 proposing [JPEG 2000 lossless, Explicit VR LE, ...] got Explicit VR LE, and a JPEG 2000
 stored instance was decompressed for a peer that would have taken it.
 
+Only storage SOP classes for which the requester proposed the SCP role (SCP/SCU Role
+Selection, PS3.7 D.3.3.4: it will receive C-GET sub-operations) are reordered. For an
+incoming C-STORE the bridge keeps its own order (uncompressed first): what a modality sends
+is what the archive stores and serves to every DICOMweb client, and a server such as
+Orthanc 1.10 cannot transcode JPEG 2000 for them.
+
 The one hook: an ``EVT_REQUESTED`` handler, which pynetdicom runs after the A-ASSOCIATE-RQ
 arrived and before it negotiates, replaces the association's own copy of the supported
 contexts (``assoc.acceptor.supported_contexts``, writable until the A-ASSOCIATE-AC is sent)
@@ -29,13 +35,17 @@ LOGGER = logging.getLogger(__name__)
 def prefer_requested_syntaxes(
     event: Any, storage_classes: Collection[str], encodable: Collection[str]
 ) -> None:
-    """pynetdicom ``EVT_REQUESTED`` handler: order each proposed storage SOP class's
-    transfer syntaxes as ``accept_order`` says (`encodable`: the lossless syntaxes the
-    bridge can encode itself)."""
+    """pynetdicom ``EVT_REQUESTED`` handler: order the transfer syntaxes of each storage
+    SOP class the requester will receive (SCP role proposed) as ``accept_order`` says
+    (`encodable`: the lossless syntaxes the bridge can encode itself)."""
+    requestor = event.assoc.requestor
+    receiving = {
+        str(uid) for uid, item in requestor.role_selection.items() if item.scp_role is True
+    }
     proposals: dict[str, list[list[str]]] = {}
-    for cx in event.assoc.requestor.requested_contexts:
+    for cx in requestor.requested_contexts:
         sop_class = str(cx.abstract_syntax)
-        if sop_class in storage_classes:
+        if sop_class in storage_classes and sop_class in receiving:
             proposals.setdefault(sop_class, []).append([str(ts) for ts in cx.transfer_syntax])
     if not proposals:
         return

@@ -1,8 +1,8 @@
 """Transfer syntax decisions: which syntax to accept for a proposed context, and which one to
 send an instance in, given what the peer accepted for its SOP class. Pure: UIDs in, UIDs out.
 
-Accepting (``accept_order``, used for every storage context an association proposes, so for
-C-GET sub-operations and incoming C-STORE alike): the requester's order, as PS3.8 has the
+Accepting (``accept_order``, used for the storage contexts of C-GET sub-operations, see
+``bridge.dimse.negotiation``): the requester's order, as PS3.8 has the
 proposer list its transfer syntaxes, except that a lossless syntax the bridge can always
 produce itself comes before any other, and a lossy one comes last. So ``getscu +xv``
 ([JPEG 2000 lossless, Explicit VR LE, ...]) gets JPEG 2000 lossless, a peer listing JPEG

@@ -41,6 +41,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from pynetdicom import AE, build_role
 from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 
@@ -653,3 +654,29 @@ def test_move_to_a_destination_taking_only_big_endian_or_deflated(
             assert np.array_equal(pixels, reference_pixels(item, tmp_path)), item.name
     finally:
         dest.stop()
+
+
+# --------------------------------------------------------------------------- (i) negotiation
+
+
+@pytest.mark.parametrize(
+    ("scp_role", "expected"), [(True, JPEG2000Lossless), (False, ExplicitVRLittleEndian)]
+)
+def test_requester_order_counts_for_c_get_contexts_only(
+    syntax_set: SyntaxSet, scp_role: bool, expected: str
+) -> None:
+    """One CT context proposing [JPEG 2000 lossless, Explicit VR LE]: with the SCP role
+    (C-GET sub-operations) the requester's first lossless choice; without (the peer will
+    C-STORE) the bridge's own order, uncompressed first, as the archive stores what it is
+    sent."""
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian])
+    roles = [build_role(CTImageStorage, scp_role=True)] if scp_role else []
+    bridge = syntax_set.bridge
+    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title, ext_neg=roles)
+    assert assoc.is_established
+    try:
+        (context,) = assoc.accepted_contexts
+        assert context.transfer_syntax[0] == expected
+    finally:
+        assoc.release()
