@@ -59,6 +59,7 @@ from bridge.translate.syntax import (
     is_lossy_conversion,
     is_sendable,
     local_syntax,
+    no_context,
     server_syntax,
     short_name,
 )
@@ -185,7 +186,7 @@ class InstanceSource:
 
     async def _fetch(self, ref: InstanceRef) -> Payload:
         if ref.sop_class_uid and not self.accepted.get(ref.sop_class_uid):
-            raise NoAcceptableContext(f"no accepted presentation context for {ref.sop_class_uid}")
+            raise NoAcceptableContext(no_context(ref.sop_class_uid))
         if self.metadata_only:
             return Payload(metadata=await self.ctx.client.retrieve_metadata(ref))
         key = (ref.series_uid, ref.sop_class_uid)
@@ -241,7 +242,7 @@ class InstanceSource:
             return SubOp(ref, error="WADO-RS returned a different instance")
         accepted = self.accepted.get(sop_class, frozenset())
         if not accepted:
-            return SubOp(ref, error=f"no accepted presentation context for {sop_class}")
+            return SubOp(ref, error=no_context(sop_class))
         if is_sendable(stored, accepted):
             return SubOp(ref, dataset=ds, size=len(payload))
         return self._convert(ref, ds, stored, sop_class, accepted, len(payload))

@@ -173,6 +173,11 @@ def cannot_send(stored: str, accepted: Collection[str], allow_lossy: bool) -> st
     return f"cannot convert {short_name(stored)} to {short_names(accepted)}"
 
 
+def no_context(sop_class: str) -> str:
+    """Why an instance could not be sent: the peer accepted no context for its SOP class."""
+    return f"no context accepted for {sop_class}"
+
+
 def accept_rank(syntax: str, encodable: Collection[str]) -> int:
     """0: lossless and producible by the bridge from any instance (uncompressed, or a
     lossless syntax with a local encoder); 1: other lossless (only a server may produce it);

@@ -1,4 +1,6 @@
-"""C-GET transfer syntaxes: stored syntax, server transcoding, local decompression, failure.
+"""C-GET (and C-MOVE) transfer syntaxes: stored syntax, server transcoding, local
+conversion (decompression, big endian, lossless compression), lossy rules, failure reasons,
+and which syntax the bridge accepts for a proposed context.
 
 A private Orthanc 1.10 holds nine of pydicom's bundled test files in eight transfer
 syntaxes. What this Orthanc can transcode (measured with WADO-RS ``transfer-syntax=<UID>``;
@@ -10,7 +12,9 @@ test_orthanc_transcoding_premise pins the part the tests rely on):
 
 So a peer that accepts only Explicit VR LE gets the JPEG 2000 instances through the
 bridge's local decompression (pydicom + pylibjpeg-openjpeg) and the others through
-Orthanc's transcoding.
+Orthanc's transcoding; a JPEG-2000-only peer gets the others compressed by the bridge.
+This Orthanc also produces Explicit VR BE, Deflated and JPEG-LS lossless, and JPEG
+Baseline (lossy, with a new SOP Instance UID) from 8-bit images.
 """
 
 from __future__ import annotations
@@ -680,3 +684,40 @@ def test_requester_order_counts_for_c_get_contexts_only(
         assert context.transfer_syntax[0] == expected
     finally:
         assoc.release()
+
+
+def test_no_context_for_the_sop_class_is_named_in_the_error_comment(
+    syntax_set: SyntaxSet,
+) -> None:
+    item = syntax_set.items["rle"]  # MR
+    outcome = get_image(syntax_set, item, storage([CTImageStorage], [ExplicitVRLittleEndian]))
+    assert outcome.status == OUT_OF_RESOURCES_SUBOPS, outcome.summary()
+    assert outcome.failed_uids == [item.sop_uid]
+    assert outcome.comment == f"1 failed: no context accepted for {MRImageStorage}"
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRBigEndian, JPEG2000Lossless])
+def test_local_conversion_without_fast_send(
+    syntax_set: SyntaxSet, bridge_process: Callable[..., BridgeProcess], syntax: str
+) -> None:
+    """retrieve.fast_send = false: the locally converted file goes through pydicom and
+    pynetdicom's encoder instead of being sent as encoded; the same instance arrives."""
+    item = syntax_set.items["j2k-lossless" if syntax == ExplicitVRBigEndian else "explicit"]
+    bridge = bridge_process(
+        bridge_config(syntax_set.server.dicomweb_url, free_port(), retrieve__fast_send=False)
+    )
+    outcome = c_get(
+        bridge,
+        identifier(
+            "IMAGE",
+            StudyInstanceUID=item.study_uid,
+            SeriesInstanceUID=item.series_uid,
+            SOPInstanceUID=item.sop_uid,
+        ),
+        contexts=storage(SOP_CLASSES, [syntax]),
+    )
+    assert outcome.status == SUCCESS, outcome.summary()
+    received = outcome.received[0]
+    assert received.transfer_syntax == syntax
+    assert received.sop_instance_uid == item.sop_uid
+    assert np.array_equal(received.dataset.pixel_array, dcmread(item.path).pixel_array)
