@@ -154,6 +154,10 @@ class RetrieveConfig:
     # Fetch WADO-RS bulk data with the lean HTTP/1.1 client (bridge/dicomweb/rawget.py)
     # when no [dicomweb.auth] is set; false = always httpx.
     fast_http: bool = True
+    # Allow converting an instance into a lossy transfer syntax (server transcoding, e.g.
+    # to JPEG Baseline) when the peer accepts nothing lossless for its SOP class. Off: such
+    # a sub-operation fails; instances stored lossy are still sent as stored.
+    allow_lossy: bool = False
 
 
 @dataclass(frozen=True)
@@ -480,6 +484,7 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         max_buffer_bytes=r.int_("max_buffer_bytes", RetrieveConfig.max_buffer_bytes, 1024 * 1024),
         fast_send=r.bool_("fast_send", RetrieveConfig.fast_send),
         fast_http=r.bool_("fast_http", RetrieveConfig.fast_http),
+        allow_lossy=r.bool_("allow_lossy", RetrieveConfig.allow_lossy),
     )
     r.finish()
 

@@ -31,7 +31,11 @@ from bridge.translate.status import (
     MOVE_DESTINATION_UNKNOWN,
     status_dataset,
 )
-from bridge.translate.syntax import COMPRESSED_SYNTAXES, UNCOMPRESSED_SYNTAXES
+from bridge.translate.syntax import (
+    COMPRESSED_SYNTAXES,
+    RARE_NATIVE_SYNTAXES,
+    UNCOMPRESSED_SYNTAXES,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,10 +50,11 @@ _MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 def move_contexts(refs: list[InstanceRef]) -> list[PresentationContext]:
     """Contexts for the sub-association: per SOP class, the uncompressed pair (which every
     destination accepts, and which the server can always transcode to), then one context
-    per common compressed syntax so stored compressed data can go as is, as room allows."""
+    per common compressed syntax so stored compressed data can go as is, then Explicit VR
+    Big Endian and Deflated for destinations that take only those, as room allows."""
     classes = sorted({ref.sop_class_uid for ref in refs if ref.sop_class_uid})
     contexts = [build_context(uid, list(UNCOMPRESSED_SYNTAXES)) for uid in classes]
-    for syntax in COMPRESSED_SYNTAXES:
+    for syntax in (*COMPRESSED_SYNTAXES, *RARE_NATIVE_SYNTAXES):
         for uid in classes:
             if len(contexts) >= _MAX_CONTEXTS:
                 return contexts

@@ -18,7 +18,8 @@ from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset, dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
 
 from bridge.aio import Cancelled
 from bridge.dicomweb.client import ANY_SYNTAX
@@ -52,7 +53,24 @@ from bridge.translate.status import (
     internal_error,
     status_dataset,
 )
-from bridge.translate.syntax import can_decompress_locally, is_sendable, server_syntax
+from bridge.translate.syntax import (
+    cannot_send,
+    is_compressed,
+    is_lossy_conversion,
+    is_sendable,
+    local_syntax,
+    no_context,
+    server_syntax,
+    short_name,
+)
+from bridge.translate.transcode import (
+    ConversionError,
+    can_decode,
+    convert,
+    decompress,
+    local_encoders,
+    mark_lossy_copy,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -168,7 +186,7 @@ class InstanceSource:
 
     async def _fetch(self, ref: InstanceRef) -> Payload:
         if ref.sop_class_uid and not self.accepted.get(ref.sop_class_uid):
-            raise NoAcceptableContext(f"no accepted presentation context for {ref.sop_class_uid}")
+            raise NoAcceptableContext(no_context(ref.sop_class_uid))
         if self.metadata_only:
             return Payload(metadata=await self.ctx.client.retrieve_metadata(ref))
         key = (ref.series_uid, ref.sop_class_uid)
@@ -224,35 +242,129 @@ class InstanceSource:
             return SubOp(ref, error="WADO-RS returned a different instance")
         accepted = self.accepted.get(sop_class, frozenset())
         if not accepted:
-            return SubOp(ref, error=f"no accepted presentation context for {sop_class}")
+            return SubOp(ref, error=no_context(sop_class))
         if is_sendable(stored, accepted):
             return SubOp(ref, dataset=ds, size=len(payload))
+        return self._convert(ref, ds, stored, sop_class, accepted, len(payload))
+
+    def _convert(
+        self,
+        ref: InstanceRef,
+        ds: Dataset,
+        stored: str,
+        sop_class: str,
+        accepted: frozenset[str],
+        size: int,
+    ) -> SubOp:
+        """The instance in a syntax the peer accepted: the server's transcoding first, then
+        a local lossless conversion; or why neither is possible (``cannot_send``)."""
+        allow_lossy = self.ctx.config.retrieve.allow_lossy
         key = (ref.series_uid, sop_class)
-        wanted = server_syntax(accepted)
+        wanted = server_syntax(stored, accepted, allow_lossy)
         if wanted is not None and self.hints.get(key) != _LOCAL:
+            converted = self._server_copy(ref, stored, wanted, sop_class, accepted)
+            if converted is not None:
+                return converted
+        target = local_syntax(accepted, local_encoders())
+        if target is not None:
             try:
-                again = self.ctx.loop.call(
-                    self.ctx.client.retrieve_instance(ref, wanted), self.cancelled
+                subop = self._local_copy(ref, ds, stored, target, wanted)
+            except ConversionError as exc:
+                LOGGER.info(
+                    "cannot convert %s from %s to %s here: %s",
+                    ref.sop_instance_uid,
+                    stored,
+                    target,
+                    exc,
                 )
-                converted = dcmread(BytesIO(again))
-                if is_sendable(str(converted.file_meta.TransferSyntaxUID), accepted):
-                    self.hints[key] = wanted
-                    return SubOp(ref, dataset=converted, size=len(again))
-            except DicomwebError as exc:
-                LOGGER.info("server could not transcode to %s (%s); trying locally", wanted, exc)
-            except Cancelled:
-                raise
-            except Exception as exc:
-                LOGGER.info("transcoded answer unreadable (%s); trying locally", exc)
-        if can_decompress_locally(stored, accepted):
+            else:
+                self.hints[key] = _LOCAL
+                return subop
+        return SubOp(ref, error=cannot_send(stored, accepted, allow_lossy), size=size)
+
+    def _server_copy(
+        self,
+        ref: InstanceRef,
+        stored: str,
+        wanted: str,
+        sop_class: str,
+        accepted: frozenset[str],
+    ) -> SubOp | None:
+        """The server's transcoding of the instance into `wanted`, or None when it cannot
+        (HTTP 406/500, unreadable, or not what was asked)."""
+        try:
+            again = self.ctx.loop.call(
+                self.ctx.client.retrieve_instance(ref, wanted), self.cancelled
+            )
+            converted = dcmread(BytesIO(again))
+        except DicomwebError as exc:
+            LOGGER.info("server could not transcode to %s (%s); trying locally", wanted, exc)
+            return None
+        except Cancelled:
+            raise
+        except Exception as exc:
+            LOGGER.info("transcoded answer unreadable (%s); trying locally", exc)
+            return None
+        got = str(converted.file_meta.TransferSyntaxUID)
+        if not is_sendable(got, accepted):
+            return None
+        if is_lossy_conversion(stored, got):
+            if not self.ctx.config.retrieve.allow_lossy:
+                LOGGER.warning("server answered lossy %s when asked for %s: not sent", got, wanted)
+                return None
+            # A new instance (PS3.3 C.7.6.1.1.5): not learned as a hint, so every instance
+            # of the series is fetched as stored first and judged on its own.
+            mark_lossy_copy(converted, ref.sop_instance_uid, sop_class)
+            LOGGER.info(
+                "sending %s as a lossy %s copy %s (retrieve.allow_lossy)",
+                ref.sop_instance_uid,
+                short_name(got),
+                converted.SOPInstanceUID,
+            )
+            return SubOp(ref, dataset=converted, size=len(again))
+        if str(converted.SOPInstanceUID) != ref.sop_instance_uid:
+            LOGGER.warning("server transcoding to %s changed the SOP Instance UID", wanted)
+            return None
+        self.hints[(ref.series_uid, sop_class)] = wanted
+        return SubOp(ref, dataset=converted, size=len(again))
+
+    def _local_copy(
+        self, ref: InstanceRef, ds: Dataset, stored: str, target: str, asked: str | None
+    ) -> SubOp:
+        """A lossless local conversion into `target` (ConversionError when impossible). An
+        instance pydicom cannot decode here (no plugin: JPEG Extended 12-bit, JPEG Lossless)
+        is decompressed by the server first, unless that is what was just asked in vain."""
+        if is_compressed(stored):
             try:
-                # pydicom would otherwise give the decompressed copy a new SOP Instance UID.
-                ds.decompress(generate_instance_uid=False)
-            except Exception as exc:
-                return SubOp(ref, error=f"cannot decompress {stored}: {exc}")
-            self.hints[key] = _LOCAL
-            return SubOp(ref, dataset=ds, size=len(payload))
-        return SubOp(ref, error=f"peer accepts no syntax the instance ({stored}) can be sent in")
+                if not can_decode(stored):
+                    raise ConversionError(f"no decoder for {stored} here")
+                decompress(ds)
+            except ConversionError:
+                if asked == ExplicitVRLittleEndian:
+                    raise
+                ds = self._server_native(ref)
+            stored = str(ds.file_meta.TransferSyntaxUID)
+        if target == ExplicitVRLittleEndian and stored != ExplicitVRBigEndian:
+            # Decompressed in place: sent without another encoding pass here.
+            return SubOp(ref, dataset=ds, size=len(ds.PixelData))
+        part10 = convert(ds, target)
+        exact = target in self.accepted.get(str(ds.SOPClassUID), frozenset())
+        if self.ctx.config.retrieve.fast_send and exact:
+            return SubOp(ref, dataset=EncodedInstance(part10), size=len(part10))
+        return SubOp(ref, dataset=dcmread(BytesIO(part10)), size=len(part10))
+
+    def _server_native(self, ref: InstanceRef) -> Dataset:
+        """The instance decompressed by the server (Explicit VR LE), for a local encoder."""
+        try:
+            native = self.ctx.loop.call(
+                self.ctx.client.retrieve_instance(ref, ExplicitVRLittleEndian), self.cancelled
+            )
+            ds = dcmread(BytesIO(native))
+        except (DicomwebError, InvalidDicomError) as exc:
+            raise ConversionError(f"the server cannot decompress it either: {exc}") from exc
+        if str(ds.SOPInstanceUID) != ref.sop_instance_uid:
+            raise ConversionError("server decompression changed the SOP Instance UID")
+        return ds
 
     def _prepare_encoded(self, ref: InstanceRef, payload: bytes) -> SubOp | None:
         """The fast path: the instance as WADO-RS sent it, when the peer takes its stored

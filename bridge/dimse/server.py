@@ -32,10 +32,12 @@ from bridge.dimse.find import handle_find
 from bridge.dimse.gate import PeerGate
 from bridge.dimse.get import handle_get
 from bridge.dimse.move import handle_move
+from bridge.dimse.negotiation import prefer_requested_syntaxes
 from bridge.dimse.store import handle_store
 from bridge.errors import BridgeError, ListenError
 from bridge.ops.http import OpsServer
 from bridge.ops.metrics import Metrics, dimse_event_handlers
+from bridge.translate.transcode import local_encoders
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,8 +65,10 @@ def _log_association(event: Any) -> None:
     )
 
 
-# The acceptor picks the first of its own syntaxes the peer proposed: prefer Explicit VR
-# Little Endian, which keeps VRs (private elements) and is what WADO-RS sends by default.
+# pynetdicom's acceptor picks the first of its own syntaxes the peer proposed: prefer
+# Explicit VR Little Endian, which keeps VRs (private elements) and is what WADO-RS sends by
+# default. For storage SOP classes each association reorders them by the requester's
+# proposals (bridge/dimse/negotiation.py): this order is the tie-break after those.
 ACCEPT_ORDER = [ExplicitVRLittleEndian, ImplicitVRLittleEndian] + [
     ts for ts in ALL_TRANSFER_SYNTAXES if ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 ]
@@ -106,6 +110,10 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
+# Storage SOP classes: their contexts get the requester's syntax order (negotiation.py).
+STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+
+
 class Bridge:
     """A running bridge: HTTP loop, DICOMweb clients and DIMSE listeners; stop() shuts down."""
 
@@ -145,6 +153,7 @@ class Bridge:
         self.context = ctx
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_REQUESTED, prefer_requested_syntaxes, [STORAGE_CLASSES, local_encoders()]),
             (evt.EVT_ESTABLISHED, _log_association),
             *self.gate.handlers(),
             (evt.EVT_C_ECHO, handle_echo, [ctx]),

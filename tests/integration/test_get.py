@@ -154,9 +154,9 @@ def storage(
 ) -> list[tuple[str, list[str]]]:
     """Storage presentation contexts the SCU proposes (SCP role) for the sub-operations.
 
-    pynetdicom (the bridge) accepts one transfer syntax per context and prefers its own
-    order (Implicit VR first) over the proposer's: to have several syntaxes accepted for a
-    SOP class, each must be proposed in a context of its own.
+    The bridge accepts one transfer syntax per context (the proposer's first lossless
+    choice that it can produce, see README "C-GET"): to have several syntaxes accepted for
+    a SOP class, each must be proposed in a context of its own.
     """
     if one_context_per_syntax:
         return [(str(cls), [str(ts)]) for cls in sop_classes for ts in syntaxes]
@@ -428,11 +428,10 @@ def test_getscu_retrieves_every_level(
     assert set(received) == {e.SOPInstanceUID for e in goal.expected}
 
     for uid, path in received.items():
-        # getscu proposes Explicit VR LE, Big Endian and Implicit VR LE in one context and
-        # the bridge (pynetdicom) picks Implicit VR LE: the instance arrives re-encoded by
-        # pynetdicom from Orthanc's Explicit VR LE file and getscu writes it as received.
-        # The raw bytes therefore differ by design (no VR field, header lengths), so
-        # "identical" is checked on content: the same set of elements with equal decoded
+        # getscu proposes Explicit VR LE, Big Endian and Implicit VR LE in one context; the
+        # instance arrives re-encoded by pynetdicom from Orthanc's Explicit VR LE file and
+        # getscu writes it as received, with its own File Meta. So "identical" is checked
+        # on content: the same set of elements with equal decoded
         # values (VRs come from the dictionary on the implicit side, exact for this
         # standard-only data set), and the PixelData bytes equal to Orthanc's stored file.
         stored = dcmread(BytesIO(orthanc.server.instance_file(uid)))

@@ -1,4 +1,6 @@
-"""C-GET transfer syntaxes: stored syntax, server transcoding, local decompression, failure.
+"""C-GET (and C-MOVE) transfer syntaxes: stored syntax, server transcoding, local
+conversion (decompression, big endian, lossless compression), lossy rules, failure reasons,
+and which syntax the bridge accepts for a proposed context.
 
 A private Orthanc 1.10 holds nine of pydicom's bundled test files in eight transfer
 syntaxes. What this Orthanc can transcode (measured with WADO-RS ``transfer-syntax=<UID>``;
@@ -10,13 +12,16 @@ test_orthanc_transcoding_premise pins the part the tests rely on):
 
 So a peer that accepts only Explicit VR LE gets the JPEG 2000 instances through the
 bridge's local decompression (pydicom + pylibjpeg-openjpeg) and the others through
-Orthanc's transcoding.
+Orthanc's transcoding; a JPEG-2000-only peer gets the others compressed by the bridge.
+This Orthanc also produces Explicit VR BE, Deflated and JPEG-LS lossless, and JPEG
+Baseline (lossy, with a new SOP Instance UID) from 8-bit images.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +29,24 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import (
     JPEG2000,
     UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
     JPEGLosslessSV1,
+    JPEGLSLossless,
     RLELossless,
     generate_uid,
 )
+from pynetdicom import AE, build_role
+from pynetdicom.dsutils import decode
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage
 
 from tests.conftest import require_orthanc
@@ -44,15 +55,16 @@ from tests.integration.orthanc import OrthancServer
 from tests.integration.test_get import (
     OUT_OF_RESOURCES_SUBOPS,
     SUCCESS,
-    WARNING_SUBOPS,
     GetOutcome,
     Received,
     after_meta,
     c_get,
+    element_differences,
     identifier,
     storage,
 )
-from tests.integration.tools import free_port, run_dcmtk
+from tests.integration.test_move import Destination, Stored, c_move
+from tests.integration.tools import describe, free_port, run_dcmtk
 
 pytestmark = pytest.mark.integration
 
@@ -356,40 +368,222 @@ def test_peer_accepting_only_jpeg_lossless_gets_a_server_transcode(
 J2K_ONLY = storage(SOP_CLASSES, [JPEG2000Lossless, JPEG2000], one_context_per_syntax=True)
 
 
-def test_uncompressed_instance_for_a_jpeg2000_only_peer_fails_a702(
+def test_uncompressed_instance_for_a_jpeg2000_only_peer_is_compressed_losslessly(
     syntax_set: SyntaxSet,
 ) -> None:
-    # Orthanc cannot encode JPEG 2000 (500) and the bridge only decompresses locally.
+    # Orthanc cannot encode JPEG 2000 (500): the bridge compresses it itself, losslessly
+    # (pydicom + pylibjpeg-openjpeg), keeping the SOP Instance UID. This failed (0xA702)
+    # when the bridge could only decompress.
     item = syntax_set.items["explicit"]
     outcome = get_image(syntax_set, item, J2K_ONLY)
-    assert outcome.status == OUT_OF_RESOURCES_SUBOPS, outcome.summary()
-    assert outcome.failed_uids == [item.sop_uid]
-    assert outcome.received == []
-    assert outcome.completed == 0
+    assert outcome.status == SUCCESS, outcome.summary()
+    assert (outcome.completed, outcome.failed) == (1, 0)
+    received = outcome.received[0]
+    assert received.transfer_syntax == JPEG2000Lossless
+    assert received.sop_instance_uid == item.sop_uid == received.dataset.SOPInstanceUID
+    assert received.dataset.PixelData != dcmread(item.path).PixelData  # really encoded
+    assert np.array_equal(received.dataset.pixel_array, dcmread(item.path).pixel_array)
+    assert received.dataset.get("LossyImageCompression") in (None, "00")
 
 
-def test_jpeg2000_only_peer_gets_the_jpeg2000_instances_and_a_b000(
-    syntax_set: SyntaxSet,
-) -> None:
+def test_jpeg2000_only_peer_gets_every_instance(syntax_set: SyntaxSet, tmp_path: Path) -> None:
+    """JPEG 2000 stored: as stored. The rest in JPEG 2000 lossless: decompressed locally
+    (RLE, JPEG Baseline) or by Orthanc (JPEG extended and lossless: no decoder here), then
+    compressed here. Before the bridge could compress, 7 of the 9 failed."""
     items = syntax_set.items
-    sendable = {i.sop_uid for i in items.values() if i.syntax in (JPEG2000Lossless, JPEG2000)}
-    unsendable = {i.sop_uid for i in items.values()} - sendable
-    assert len(sendable) == 2 and len(unsendable) == 7
     outcome = c_get(
         syntax_set.bridge,
         identifier("STUDY", StudyInstanceUID=syntax_set.study_uid),
         contexts=J2K_ONLY,
     )
-    assert outcome.status == WARNING_SUBOPS, outcome.summary()
-    assert sorted(outcome.failed_uids) == sorted(unsendable)
-    assert len(outcome.failed_uids) == len(unsendable)
-    assert set(outcome.received_uids) == sendable and len(outcome.received) == 2
-    assert outcome.completed == 2
-    by_uid = {i.sop_uid: i for i in items.values()}
-    for received in outcome.received:
-        item = by_uid[received.sop_instance_uid]
-        assert received.transfer_syntax == item.syntax
-        assert received.dataset.PixelData == dcmread(item.path).PixelData
+    assert outcome.status == SUCCESS, outcome.summary()
+    assert (outcome.completed, outcome.failed) == (len(items), 0), outcome.summary()
+    by_uid = outcome.by_uid()
+    assert set(by_uid) == {i.sop_uid for i in items.values()}
+    for item in items.values():
+        received = by_uid[item.sop_uid]
+        if item.syntax in (JPEG2000Lossless, JPEG2000):
+            assert received.transfer_syntax == item.syntax, item.name
+            assert received.raw == after_meta(item.part10), item.name
+            continue
+        assert received.transfer_syntax == JPEG2000Lossless, item.name
+        pixels = received.dataset.pixel_array
+        if item.syntax == JPEGBaseline8Bit:
+            # Decoded here by Pillow, not by DCMTK: the same image up to decoder noise.
+            ours = dcmread(item.path).pixel_array.astype(np.int32)
+            assert np.abs(pixels.astype(np.int32) - ours).max() <= 8, item.name
+        else:
+            assert np.array_equal(pixels, reference_pixels(item, tmp_path)), item.name
+
+
+def test_no_possible_conversion_is_named_in_the_error_comment(syntax_set: SyntaxSet) -> None:
+    """JPEG 2000 to a JPEG-LS-only peer: Orthanc cannot decode JPEG 2000 and the bridge has
+    no JPEG-LS encoder. Before, the reason was only in the bridge log."""
+    item = syntax_set.items["j2k-lossless"]
+    outcome = get_image(syntax_set, item, storage(SOP_CLASSES, [JPEGLSLossless]))
+    assert outcome.status == OUT_OF_RESOURCES_SUBOPS, outcome.summary()
+    assert outcome.failed_uids == [item.sop_uid]
+    assert outcome.received == []
+    assert outcome.comment == "1 failed: cannot convert JPEG2000 Lossless to JPEG-LS"
+
+
+# --------------------------------------------------------------------------- (e)
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "syntax"),
+    [("+xv", "j2k-lossless", JPEG2000Lossless), ("+xr", "rle", RLELossless)],
+)
+def test_getscu_preferring_a_compressed_syntax_gets_it_as_stored(
+    syntax_set: SyntaxSet, tmp_path: Path, option: str, name: str, syntax: str
+) -> None:
+    """getscu +xv proposes [JPEG 2000 lossless, Explicit VR LE, Big Endian, Implicit VR LE]
+    in one context per SOP class. The bridge used to pick Explicit VR LE (its own order)
+    and decompress; it now takes the requester's first lossless choice."""
+    item = syntax_set.items[name]
+    out = tmp_path / "received"
+    out.mkdir()
+    args = ["-v", "-S", option, "-aet", "GETSCU", "-aec", syntax_set.bridge.ae_title]
+    args += ["-od", str(out), "-k", "QueryRetrieveLevel=IMAGE"]
+    args += ["-k", f"StudyInstanceUID={item.study_uid}"]
+    args += ["-k", f"SeriesInstanceUID={item.series_uid}", "-k", f"SOPInstanceUID={item.sop_uid}"]
+    bridge = syntax_set.bridge
+    result = run_dcmtk("getscu", *args, bridge.host, str(bridge.port), timeout=60)
+    assert result.returncode == 0, describe(["getscu", *args], result)
+    files = list(out.iterdir())
+    assert len(files) == 1, describe(["getscu", *args], result)
+    got = dcmread(files[0])
+    assert got.SOPInstanceUID == item.sop_uid
+    assert got.file_meta.TransferSyntaxUID == syntax
+    stored = dcmread(BytesIO(syntax_set.server.instance_file(item.sop_uid)))
+    assert got.PixelData == stored.PixelData  # Orthanc's very bytes, not re-encoded
+
+
+def test_getscu_preferring_jpeg2000_gets_uncompressed_instances_compressed_losslessly(
+    syntax_set: SyntaxSet, tmp_path: Path
+) -> None:
+    """The consequence of accepting JPEG 2000 lossless for the context: an uncompressed
+    instance of that SOP class must go in JPEG 2000 lossless too (compressed here)."""
+    item = syntax_set.items["explicit"]
+    out = tmp_path / "received"
+    out.mkdir()
+    args = ["-v", "-S", "+xv", "-aec", syntax_set.bridge.ae_title, "-od", str(out)]
+    args += ["-k", "QueryRetrieveLevel=IMAGE", "-k", f"StudyInstanceUID={item.study_uid}"]
+    args += ["-k", f"SeriesInstanceUID={item.series_uid}", "-k", f"SOPInstanceUID={item.sop_uid}"]
+    bridge = syntax_set.bridge
+    result = run_dcmtk("getscu", *args, bridge.host, str(bridge.port), timeout=60)
+    assert result.returncode == 0, describe(["getscu", *args], result)
+    files = list(out.iterdir())
+    assert len(files) == 1, describe(["getscu", *args], result)
+    got = dcmread(files[0])
+    assert got.SOPInstanceUID == item.sop_uid
+    assert got.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert np.array_equal(got.pixel_array, dcmread(item.path).pixel_array)
+
+
+def test_a_lossy_choice_is_not_accepted_before_a_lossless_one(syntax_set: SyntaxSet) -> None:
+    """One context proposing [JPEG Baseline, Explicit VR LE]: Explicit VR LE is accepted,
+    so an uncompressed instance arrives as stored, not as a lossy copy."""
+    item = syntax_set.items["explicit"]
+    contexts = storage(SOP_CLASSES, [JPEGBaseline8Bit, ExplicitVRLittleEndian])
+    outcome = get_image(syntax_set, item, contexts)
+    assert outcome.status == SUCCESS, outcome.summary()
+    received = outcome.received[0]
+    assert received.transfer_syntax == ExplicitVRLittleEndian
+    assert received.sop_instance_uid == item.sop_uid
+    assert received.raw == after_meta(item.part10)
+
+
+# --------------------------------------------------------------------------- (f)
+
+
+JPEG_BASELINE_ONLY = storage(SOP_CLASSES, [JPEGBaseline8Bit])
+
+
+def test_lossless_instance_to_a_jpeg_baseline_only_peer_fails_without_allow_lossy(
+    syntax_set: SyntaxSet,
+) -> None:
+    """Orthanc would transcode this RLE colour image to JPEG Baseline (a lossy copy with a
+    new SOP Instance UID); without retrieve.allow_lossy the bridge must not ask it to."""
+    item = syntax_set.items["rle-rgb"]
+    outcome = get_image(syntax_set, item, JPEG_BASELINE_ONLY)
+    assert outcome.received == [], [r.sop_instance_uid for r in outcome.received]
+    assert outcome.status == OUT_OF_RESOURCES_SUBOPS, outcome.summary()
+    assert outcome.failed_uids == [item.sop_uid]
+    assert outcome.comment == "1 failed: lossy RLE to JPEG Baseline refused (allow_lossy off)"
+
+
+def test_lossy_stored_instance_goes_as_stored_without_allow_lossy(syntax_set: SyntaxSet) -> None:
+    item = syntax_set.items["jpeg-baseline"]
+    outcome = get_image(syntax_set, item, JPEG_BASELINE_ONLY)
+    assert outcome.status == SUCCESS, outcome.summary()
+    received = outcome.received[0]
+    assert received.sop_instance_uid == item.sop_uid
+    assert received.raw == after_meta(item.part10)
+
+
+def test_allow_lossy_sends_a_new_lossy_instance(
+    syntax_set: SyntaxSet, bridge_process: Callable[..., BridgeProcess]
+) -> None:
+    """With retrieve.allow_lossy the server's JPEG Baseline copy is sent, as the new
+    instance PS3.3 C.7.6.1.1.5 requires: new SOP Instance UID (derived from the original's,
+    so the same on every retrieve), Lossy Image Compression 01, Image Type DERIVED, and the
+    original in Source Image Sequence."""
+    item = syntax_set.items["rle-rgb"]
+    bridge = bridge_process(
+        bridge_config(syntax_set.server.dicomweb_url, free_port(), retrieve__allow_lossy=True)
+    )
+    ident = identifier(
+        "IMAGE",
+        StudyInstanceUID=item.study_uid,
+        SeriesInstanceUID=item.series_uid,
+        SOPInstanceUID=item.sop_uid,
+    )
+    uids = []
+    for _ in range(2):
+        outcome = c_get(bridge, ident, contexts=JPEG_BASELINE_ONLY)
+        assert outcome.status == SUCCESS, outcome.summary()
+        assert (outcome.completed, outcome.failed) == (1, 0)
+        received = outcome.received[0]
+        ds = received.dataset
+        assert received.transfer_syntax == JPEGBaseline8Bit
+        assert received.sop_instance_uid == ds.SOPInstanceUID != item.sop_uid
+        assert ds.LossyImageCompression == "01"
+        assert ds.LossyImageCompressionMethod == "ISO_10918_1"
+        assert float(ds.LossyImageCompressionRatio) > 1
+        assert ds.ImageType[0] == "DERIVED"
+        assert item.sop_uid in [s.ReferencedSOPInstanceUID for s in ds.SourceImageSequence]
+        original = dcmread(item.path).pixel_array.astype(np.int32)
+        assert np.abs(ds.pixel_array.astype(np.int32) - original).mean() < 4  # same image
+        uids.append(received.sop_instance_uid)
+    assert uids[0] == uids[1]
+
+
+# --------------------------------------------------------------------------- (g)
+
+
+@pytest.mark.parametrize("syntax", [DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian])
+@pytest.mark.parametrize("name", ["explicit", "implicit", "rle", "j2k-lossless"])
+def test_deflate_or_big_endian_only_peer_gets_the_instance(
+    syntax_set: SyntaxSet, name: str, syntax: str
+) -> None:
+    """Deflated: pynetdicom deflates an Explicit VR LE data set (from the server, or
+    decompressed here). Big endian: the server transcodes what it can decode, the bridge
+    converts the rest (JPEG 2000) itself. Both used to fail (0xA702)."""
+    item = syntax_set.items[name]
+    outcome = get_image(syntax_set, item, storage(SOP_CLASSES, [syntax]))
+    assert outcome.status == SUCCESS, f"{name}: {outcome.summary()}"
+    assert (outcome.completed, outcome.failed) == (1, 0)
+    received = outcome.received[0]
+    assert received.transfer_syntax == syntax
+    assert received.sop_instance_uid == item.sop_uid
+    original = dcmread(item.path)
+    got = received.dataset
+    diffs = [d for d in element_differences(original, got) if "(7FE0,0010)" not in d]
+    assert diffs == [], name
+    assert np.array_equal(got.pixel_array, original.pixel_array), name
+    if not UID(item.syntax).is_compressed:
+        assert got.PixelData == original.PixelData or syntax == ExplicitVRBigEndian
 
 
 def test_orthanc_transcoding_premise(syntax_set: SyntaxSet) -> None:
@@ -411,3 +605,119 @@ def test_orthanc_transcoding_premise(syntax_set: SyntaxSet) -> None:
     assert {n: s for n, s in statuses.items() if n not in j2k} == {
         n: 200 for n in statuses if n not in j2k
     }
+
+
+# --------------------------------------------------------------------------- (h) C-MOVE
+
+
+def _decoded(stored: Stored) -> Dataset:
+    """A destination's received data set, decoded in its context's syntax (deflated and
+    big endian included), with File Meta naming that syntax."""
+    syntax = UID(stored.transfer_syntax)
+    ds = decode(
+        BytesIO(stored.raw), syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+    )
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return ds
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_move_to_a_destination_taking_only_big_endian_or_deflated(
+    syntax_set: SyntaxSet,
+    bridge_process: Callable[..., BridgeProcess],
+    tmp_path: Path,
+    syntax: str,
+) -> None:
+    """The sub-association proposes Explicit VR BE and Deflated contexts too (after the
+    others), and every stored syntax is brought into them: by Orthanc where it can, by the
+    bridge for JPEG 2000. Before, such a destination accepted no context at all."""
+    dest = Destination("ONLYONE", SOP_CLASSES, (syntax,)).start()
+    try:
+        bridge = bridge_process(
+            bridge_config(
+                syntax_set.server.dicomweb_url,
+                free_port(),
+                peers=[(dest.ae_title, "127.0.0.1", dest.port)],
+            )
+        )
+        outcome = c_move(
+            bridge, identifier("STUDY", StudyInstanceUID=syntax_set.study_uid), dest.ae_title
+        )
+        items = syntax_set.items
+        assert outcome.status == SUCCESS, outcome.summary()
+        assert outcome.count("NumberOfCompletedSuboperations") == len(items)
+        got = dest.by_uid()
+        assert sorted(got) == sorted(i.sop_uid for i in items.values())
+        for item in items.values():
+            stored = got[item.sop_uid]
+            assert stored.transfer_syntax == syntax, item.name
+            ds = _decoded(stored)
+            assert ds.SOPInstanceUID == item.sop_uid
+            pixels = ds.pixel_array
+            assert np.array_equal(pixels, reference_pixels(item, tmp_path)), item.name
+    finally:
+        dest.stop()
+
+
+# --------------------------------------------------------------------------- (i) negotiation
+
+
+@pytest.mark.parametrize(
+    ("scp_role", "expected"), [(True, JPEG2000Lossless), (False, ExplicitVRLittleEndian)]
+)
+def test_requester_order_counts_for_c_get_contexts_only(
+    syntax_set: SyntaxSet, scp_role: bool, expected: str
+) -> None:
+    """One CT context proposing [JPEG 2000 lossless, Explicit VR LE]: with the SCP role
+    (C-GET sub-operations) the requester's first lossless choice; without (the peer will
+    C-STORE) the bridge's own order, uncompressed first, as the archive stores what it is
+    sent."""
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian])
+    roles = [build_role(CTImageStorage, scp_role=True)] if scp_role else []
+    bridge = syntax_set.bridge
+    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title, ext_neg=roles)
+    assert assoc.is_established
+    try:
+        (context,) = assoc.accepted_contexts
+        assert context.transfer_syntax[0] == expected
+    finally:
+        assoc.release()
+
+
+def test_no_context_for_the_sop_class_is_named_in_the_error_comment(
+    syntax_set: SyntaxSet,
+) -> None:
+    item = syntax_set.items["rle"]  # MR
+    outcome = get_image(syntax_set, item, storage([CTImageStorage], [ExplicitVRLittleEndian]))
+    assert outcome.status == OUT_OF_RESOURCES_SUBOPS, outcome.summary()
+    assert outcome.failed_uids == [item.sop_uid]
+    assert outcome.comment == f"1 failed: no context accepted for {MRImageStorage}"
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRBigEndian, JPEG2000Lossless])
+def test_local_conversion_without_fast_send(
+    syntax_set: SyntaxSet, bridge_process: Callable[..., BridgeProcess], syntax: str
+) -> None:
+    """retrieve.fast_send = false: the locally converted file goes through pydicom and
+    pynetdicom's encoder instead of being sent as encoded; the same instance arrives."""
+    item = syntax_set.items["j2k-lossless" if syntax == ExplicitVRBigEndian else "explicit"]
+    bridge = bridge_process(
+        bridge_config(syntax_set.server.dicomweb_url, free_port(), retrieve__fast_send=False)
+    )
+    outcome = c_get(
+        bridge,
+        identifier(
+            "IMAGE",
+            StudyInstanceUID=item.study_uid,
+            SeriesInstanceUID=item.series_uid,
+            SOPInstanceUID=item.sop_uid,
+        ),
+        contexts=storage(SOP_CLASSES, [syntax]),
+    )
+    assert outcome.status == SUCCESS, outcome.summary()
+    received = outcome.received[0]
+    assert received.transfer_syntax == syntax
+    assert received.sop_instance_uid == item.sop_uid
+    assert np.array_equal(received.dataset.pixel_array, dcmread(item.path).pixel_array)
