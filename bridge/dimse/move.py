@@ -23,7 +23,8 @@ from pynetdicom.presentation import PresentationContext
 
 from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext, CancelWatch
-from bridge.dimse.retrieve import failed_list, find_instances
+from bridge.dimse.refusal import refusing
+from bridge.dimse.retrieve import find_instances
 from bridge.dimse.suboperations import run_suboperations
 from bridge.models import InformationModel, InstanceRef
 from bridge.translate.status import (
@@ -128,14 +129,17 @@ def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
         if isinstance(found, Dataset):
             # pynetdicom opens the sub-association before it takes the failure status.
             kwargs["contexts"] = [build_context(sop.VERIFICATION)]
-            yield 1
-            yield found, failed_list([])
+            with refusing(event.assoc, found):
+                yield 1
+                yield found, None
             return
         plan, refs = found
         if plan.frames is not None:
             kwargs["contexts"] = [build_context(sop.VERIFICATION)]
-            yield 1
-            yield _frames_not_supported(), failed_list([])
+            refusal = _frames_not_supported()
+            with refusing(event.assoc, refusal):
+                yield 1
+                yield refusal, None
             return
         kwargs["contexts"] = move_contexts(refs) or [build_context(sop.VERIFICATION)]
         yield len(refs)
