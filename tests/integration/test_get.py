@@ -391,6 +391,8 @@ LEVELS = [
     ("PATIENT_ROOT", "STUDY"),
     ("PATIENT_ROOT", "SERIES"),
     ("PATIENT_ROOT", "IMAGE"),
+    # Not in the standard's Study Root model: served as Patient Root (Orthanc sends it).
+    ("STUDY_ROOT", "PATIENT"),
     ("STUDY_ROOT", "STUDY"),
     ("STUDY_ROOT", "SERIES"),
     ("STUDY_ROOT", "IMAGE"),
@@ -650,12 +652,6 @@ def _some_study(manifest: Manifest) -> str:
             "wildcard",
             id="wildcard-uid",
             marks=pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),
-        ),
-        pytest.param(
-            {"QueryRetrieveLevel": "PATIENT", "PatientID": "P002"},
-            "STUDY_ROOT",
-            "QueryRetrieveLevel",
-            id="patient-level-in-study-root",
         ),
     ],
 )
