@@ -74,6 +74,8 @@ def build_retrieve_plan(identifier: Dataset, model: InformationModel) -> Retriev
     """Translate a retrieve identifier; raises InvalidIdentifier (→ 0xA900) when it does not fit."""
     raw_level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
     if model is InformationModel.STUDY_ROOT and raw_level == QueryLevel.PATIENT.name:
+        # Study Root has no PATIENT level (PS3.4 C.6.2), but a requester that proposed no
+        # Patient Root context (Orthanc) can only ask this way, and means the patient.
         model = InformationModel.PATIENT_ROOT
     level_model = (
         InformationModel.STUDY_ROOT
