@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that installs the test prerequisites and runs the whole suite:
-#   system packages (Orthanc + DICOMweb plugin + dcmtk) when missing, a venv in .venv with
-#   the package and its [test] extra, then ruff, mypy and pytest (arguments go to pytest).
+#   system packages (Orthanc + DICOMweb plugin + dcmtk + GDCM's gdcmscu) when missing, a
+#   venv in .venv with the package and its [test] extra, then ruff, mypy and pytest
+#   (arguments go to pytest).
 # Works from a clean Debian/Ubuntu checkout as root, or as a user with sudo.
 set -euo pipefail
 
@@ -45,8 +46,9 @@ apt_install() {
 # The tests start their own Orthanc on free ports (tests/integration/orthanc.py); the
 # package's service is not used. A temporary policy-rc.d keeps the installation from
 # starting it (where no policy-rc.d exists already).
-if [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/findscu ] || ! plugin_present; then
-    log "installing orthanc, orthanc-dicomweb and dcmtk"
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/findscu ] || [ ! -x /usr/bin/gdcmscu ] \
+    || ! plugin_present; then
+    log "installing orthanc, orthanc-dicomweb, dcmtk and libgdcm-tools (gdcmscu)"
     policy_made=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
@@ -54,7 +56,7 @@ if [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/findscu ] || ! plugin_present; 
         policy_made=1
     fi
     status=0
-    apt_install orthanc orthanc-dicomweb dcmtk || status=$?
+    apt_install orthanc orthanc-dicomweb dcmtk libgdcm-tools || status=$?
     if [ "$policy_made" -eq 1 ]; then
         as_root rm -f /usr/sbin/policy-rc.d
     fi
@@ -63,7 +65,8 @@ if [ ! -x /usr/sbin/Orthanc ] || [ ! -x /usr/bin/findscu ] || ! plugin_present; 
         exit "$status"
     fi
 fi
-for required in /usr/sbin/Orthanc /usr/bin/findscu /usr/bin/getscu /usr/bin/echoscu; do
+for required in /usr/sbin/Orthanc /usr/bin/findscu /usr/bin/getscu /usr/bin/echoscu \
+    /usr/bin/gdcmscu; do
     if [ ! -x "$required" ]; then
         log "missing after installation: $required"
         exit 1

@@ -5,8 +5,8 @@ Follows pynetdicom's ``doc_handle_c_get`` contract: the first yield is the numbe
 sub-operations, then ``(0xFF00, dataset)`` per instance, and a failure, warning or cancel
 status with a Failed SOP Instance UID List ends it. A failure found before the count is
 known is reported as count 1 followed by the failure status, the only way pynetdicom lets
-a handler answer with a status of its own choosing (pynetdicom then reports one failed
-sub-operation).
+a handler answer with a status of its own choosing; ``refusing`` then sends it as Orthanc
+does, without an identifier and with zero counters (see ``bridge.dimse.refusal``).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bridge.aio import Cancelled
 from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.find import decode_identifier
+from bridge.dimse.refusal import refusing
 from bridge.dimse.retrieve import (
     Tally,
     failed_list,
@@ -66,8 +67,9 @@ def handle_get(event: Any, ctx: BridgeContext) -> Iterator[Response]:
     cancelled = CancelWatch(event)
     found = find_instances(event, ctx, model, cancelled, "C-GET")
     if isinstance(found, Dataset):
-        yield 1
-        yield found, failed_list([])
+        with refusing(event.assoc, found):
+            yield 1
+            yield found, None
         return
     plan, refs = found
     if plan.frames is not None:
@@ -97,13 +99,16 @@ def _send_frames(
     peer: str,
 ) -> Iterator[Response]:
     """Frame-level retrieve: one new instance made of the requested frames (PS3.4 C.4.3.3)."""
+    if not refs:
+        refusal = status_dataset(NO_FRAMES_FOUND, "no such instance")
+        with refusing(event.assoc, refusal):
+            yield 1
+            yield refusal, None
+        return
     yield 1
     if len(refs) != 1:
         yield (
-            status_dataset(
-                NO_FRAMES_FOUND if not refs else INVALID_FRAME_REQUEST,
-                "no such instance" if not refs else "FRAME level needs exactly one instance",
-            ),
+            status_dataset(INVALID_FRAME_REQUEST, "FRAME level needs exactly one instance"),
             failed_list([ref.sop_instance_uid for ref in refs]),
         )
         return

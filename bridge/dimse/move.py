@@ -3,10 +3,14 @@
 Follows pynetdicom's ``doc_handle_move`` contract: the first yield is the destination
 ``(host, port, kwargs)`` (``(None, None)`` when unknown → 0xA801), the second the number
 of sub-operations, then the pending/final responses of ``run_suboperations``. pynetdicom
-opens the sub-association itself after the count; the ``kwargs`` dict it reads then holds
-the presentation contexts the bridge worked out from the QIDO-RS results, and an
+opens the sub-association itself after the count; the ``kwargs`` dict holds the
+presentation contexts the bridge worked out from the QIDO-RS results, and an
 ``EVT_CONN_OPEN`` handler that sets TCP_NODELAY and the configured calling AE title on
-the outgoing association and hands the association back to this handler.
+the outgoing association and hands the association back to this handler. The QIDO-RS
+listing is done before the first yield, so that a refused request (bad identifier, failed
+search) is answered without opening a sub-association, as Orthanc does: the handler
+yields ``(None, None)`` and ``bridge.dimse.refusal`` turns pynetdicom's 0xA801 into the
+refusal's own status.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pynetdicom.presentation import PresentationContext
 
 from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext, CancelWatch
-from bridge.dimse.retrieve import failed_list, find_instances
+from bridge.dimse.refusal import refusing
+from bridge.dimse.retrieve import find_instances
 from bridge.dimse.suboperations import run_suboperations
 from bridge.models import InformationModel, InstanceRef
 from bridge.translate.status import (
@@ -120,29 +125,28 @@ def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
         with _CommentOnRefusal(event.assoc, lambda: f"move destination {destination_ae} unknown"):
             yield None, None
         return
+    # The identifier and the listing come before the destination is yielded: a refusal
+    # then goes out before pynetdicom opens the sub-association (see bridge.dimse.refusal).
+    cancelled = CancelWatch(event)
+    found = find_instances(event, ctx, model, cancelled, "C-MOVE")
+    if not isinstance(found, Dataset) and found[0].frames is not None:
+        found = _frames_not_supported()
+    if isinstance(found, Dataset):
+        with refusing(event.assoc, found):
+            yield None, None
+        return
+    _plan, refs = found
     move = ctx.config.move
     sub = _SubAssociation(move.calling_ae_title or ctx.config.dimse.ae_title)
-    kwargs: dict[str, Any] = {"evt_handlers": [(evt.EVT_CONN_OPEN, sub.on_open)]}
+    kwargs: dict[str, Any] = {
+        "evt_handlers": [(evt.EVT_CONN_OPEN, sub.on_open)],
+        "contexts": move_contexts(refs) or [build_context(sop.VERIFICATION)],
+    }
     with _CommentOnRefusal(
         event.assoc,
         lambda: f"cannot associate with {destination_ae} at {peer.host}:{peer.port}",
     ):
         yield peer.host, peer.port, kwargs
-        cancelled = CancelWatch(event)
-        found = find_instances(event, ctx, model, cancelled, "C-MOVE")
-        if isinstance(found, Dataset):
-            # pynetdicom opens the sub-association before it takes the failure status.
-            kwargs["contexts"] = [build_context(sop.VERIFICATION)]
-            yield 1
-            yield found, failed_list([])
-            return
-        plan, refs = found
-        if plan.frames is not None:
-            kwargs["contexts"] = [build_context(sop.VERIFICATION)]
-            yield 1
-            yield _frames_not_supported(), failed_list([])
-            return
-        kwargs["contexts"] = move_contexts(refs) or [build_context(sop.VERIFICATION)]
         yield len(refs)
     if not refs:
         return

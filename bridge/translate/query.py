@@ -232,11 +232,21 @@ def _qido_name(elem: DataElement) -> str:
     return elem.keyword or f"{elem.tag:08X}"
 
 
+def is_file_meta(elem: DataElement) -> bool:
+    """A File Meta element (group 0002), which belongs to a Part 10 file, not to a data set
+    (PS3.10 7.1). Orthanc 1.10 puts MediaStorageSOPInstanceUID (0002,0003) into its
+    IMAGE-level C-MOVE identifiers; like a lenient PACS, the bridge ignores such elements
+    in every identifier: not matched, not checked, not returned."""
+    return bool(elem.tag.group == 0x0002)
+
+
 def check_keys(identifier: Dataset, level: QueryLevel) -> None:
     """Reject keys of a level below the one queried (PS3.4 C.4.1.2.1, hierarchical search)."""
     for elem in identifier:
         keyword = elem.keyword
         if keyword in _CONTROL_KEYS or elem.tag.is_private or elem.tag.element == 0:
+            continue
+        if is_file_meta(elem):
             continue
         if key_level(keyword, level) > level:
             raise InvalidIdentifier(
@@ -269,6 +279,8 @@ def build_find_plan(
     for elem in identifier:
         keyword = elem.keyword
         if elem.tag.element == 0 or keyword in ("QueryRetrieveLevel", "SpecificCharacterSet"):
+            continue
+        if is_file_meta(elem):
             continue
         if elem.tag.is_private_creator:
             # Says who owns a private block; it is not a key to match or return.

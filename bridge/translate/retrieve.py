@@ -3,6 +3,11 @@
 A retrieve identifier holds unique keys only (PS3.4 C.4.2.2.1, C.4.3.2.1): the level's own
 unique key (one value or a list) and single-valued unique keys of the levels above.
 Anything else does not fit the level or the model and is refused with 0xA900.
+
+Leniency, for clients that are not quite conformant (README "Client compatibility"):
+File Meta elements (group 0002) are ignored, and a PATIENT-level retrieve on the Study
+Root model is served as the Patient Root patient-level retrieve it means (Orthanc 1.10
+proposes only Study Root and sends both; Orthanc's own SCP serves both).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pydicom import Dataset
 from bridge.errors import InvalidIdentifier
 from bridge.models import InformationModel, InstanceRef, QidoQuery, QidoResource, QueryLevel
 from bridge.translate.frames import FrameError
-from bridge.translate.query import parse_level
+from bridge.translate.query import is_file_meta, parse_level
 from bridge.translate.status import INVALID_FRAME_REQUEST, TIME_BASED_ON_NON_TIME_BASED
 
 UNIQUE_KEYS: dict[QueryLevel, str] = {
@@ -67,12 +72,16 @@ def _values(identifier: Dataset, keyword: str) -> list[str]:
 
 def build_retrieve_plan(identifier: Dataset, model: InformationModel) -> RetrievePlan:
     """Translate a retrieve identifier; raises InvalidIdentifier (→ 0xA900) when it does not fit."""
+    raw_level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    if model is InformationModel.STUDY_ROOT and raw_level == QueryLevel.PATIENT.name:
+        # Study Root has no PATIENT level (PS3.4 C.6.2), but a requester that proposed no
+        # Patient Root context (Orthanc) can only ask this way, and means the patient.
+        model = InformationModel.PATIENT_ROOT
     level_model = (
         InformationModel.STUDY_ROOT
         if model in (InformationModel.COMPOSITE_INSTANCE_ROOT, InformationModel.WITHOUT_BULK_DATA)
         else model
     )
-    raw_level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
     frame_level = model is InformationModel.COMPOSITE_INSTANCE_ROOT and raw_level == "FRAME"
     if frame_level:
         level = QueryLevel.IMAGE
@@ -94,7 +103,7 @@ def build_retrieve_plan(identifier: Dataset, model: InformationModel) -> Retriev
     if frame_level:
         allowed |= _FRAME_KEYS
     for elem in identifier:
-        if elem.tag.element == 0 or elem.keyword in _ALLOWED_EXTRA:
+        if elem.tag.element == 0 or elem.keyword in _ALLOWED_EXTRA or is_file_meta(elem):
             continue
         if elem.keyword not in allowed and not (
             elem.keyword == "PatientID" and model is not InformationModel.PATIENT_ROOT

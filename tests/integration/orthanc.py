@@ -32,6 +32,9 @@ SCU_AE_TITLES: tuple[str, ...] = (
     "PYNETDICOM",
     "ECHOSCU",
 )
+# A second Orthanc acting as a workstation (tests/integration/test_clients.py): the AE
+# title it moves to and is known as in the bridge's [[peers]].
+WORKSTATION_AET = "WORKSTATION"
 PLUGIN_CANDIDATES: tuple[str, ...] = (
     "/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
     "/usr/lib/orthanc/plugins/libOrthancDicomWeb.so",
@@ -359,3 +362,65 @@ class OrthancServer:
         patients = self._check(self.client.get("/patients"), "GET /patients").json()
         for patient_id in patients:
             self._check(self.client.delete(f"/patients/{patient_id}"), "DELETE /patients")
+
+    # ------------------------------------------------------------------ as a DICOM client
+    # Orthanc's REST API drives its SCU side: C-FIND and C-MOVE to a modality of its
+    # DicomModalities (the bridge), with the instances moved to TargetAet (itself).
+
+    def move(
+        self,
+        modality: str,
+        level: str,
+        resources: list[dict[str, str]],
+        target_aet: str | None = None,
+    ) -> httpx.Response:
+        """``POST /modalities/{modality}/move``: one synchronous C-MOVE per resource at
+        `level` (Patient, Study, Series, Instance) to `target_aet` (default: this Orthanc)."""
+        body = {
+            "Level": level,
+            "Resources": resources,
+            "TargetAet": target_aet or self.aet,
+            "Synchronous": True,
+            "Timeout": 60,
+        }
+        return self.client.post(f"/modalities/{modality}/move", json=body)
+
+    def query(self, modality: str, level: str, keys: dict[str, str]) -> str:
+        """``POST /modalities/{modality}/query`` (a C-FIND); the query's ID in Orthanc."""
+        response = self._check(
+            self.client.post(f"/modalities/{modality}/query", json={"Level": level, "Query": keys}),
+            "POST /modalities/{id}/query",
+        )
+        return str(response.json()["ID"])
+
+    def query_answers(self, query_id: str) -> list[dict[str, Any]]:
+        """The answers of a query, as Orthanc's simplified tags (``?expand&simplify``)."""
+        response = self._check(
+            self.client.get(f"/queries/{query_id}/answers", params={"expand": "", "simplify": ""}),
+            "GET /queries/{id}/answers",
+        )
+        answers: list[dict[str, Any]] = response.json()
+        return answers
+
+    def retrieve_query(self, query_id: str, target_aet: str | None = None) -> httpx.Response:
+        """``POST /queries/{id}/retrieve``: a synchronous C-MOVE of every answer."""
+        body = {"TargetAet": target_aet or self.aet, "Synchronous": True, "Timeout": 60}
+        return self.client.post(f"/queries/{query_id}/retrieve", json=body)
+
+    def sop_instance_uids(self) -> list[str]:
+        """The SOP Instance UID of every instance stored, sorted."""
+        response = self._check(
+            self.client.get("/instances", params={"expand": ""}), "GET /instances?expand"
+        )
+        return sorted(str(i["MainDicomTags"]["SOPInstanceUID"]) for i in response.json())
+
+
+def workstation(
+    workdir: str | os.PathLike[str], modalities: dict[str, tuple[str, str, int]]
+) -> OrthancServer:
+    """An Orthanc acting as a radiology workstation (not started): AE title
+    WORKSTATION, empty, with the servers it queries and retrieves from as `modalities`
+    (name -> (AE title, host, port)); whatever is moved to it is stored."""
+    return OrthancServer(
+        workdir, aet=WORKSTATION_AET, scu_ae_titles=(), extra_modalities=modalities
+    )

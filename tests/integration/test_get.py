@@ -10,6 +10,7 @@ The SCU helpers at the top (``c_get``, ``storage``, ``after_meta``...) are reuse
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +38,13 @@ from tests.conftest import OrthancFixture
 from tests.faults.proxy import FaultProxy
 from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_bridge
 from tests.integration.dataset import InstanceEntry, Manifest, make_ct_series, to_bytes
-from tests.integration.tools import describe, free_port, run_dcmtk
+from tests.integration.tools import (
+    assert_released_cleanly,
+    describe,
+    final_response_dump,
+    free_port,
+    run_dcmtk,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +55,8 @@ OUT_OF_RESOURCES_MATCHES = 0xA701
 OUT_OF_RESOURCES_SUBOPS = 0xA702
 IDENTIFIER_MISMATCH = 0xA900
 REFUSED_OUT_OF_RESOURCES = 0xA700  # a C-STORE failure status the peer may answer
+C_GET_RSP = 0x8010  # CommandField
+NO_DATA_SET = 0x0101  # CommandDataSetType
 
 GET_MODELS = {
     "PATIENT_ROOT": PatientRootQueryRetrieveInformationModelGet,
@@ -82,6 +91,8 @@ class GetOutcome:
 
     responses: list[tuple[Dataset, Dataset | None]] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    # CommandDataSetType of each C-GET-RSP as received (0x0101: no data set follows).
+    data_set_types: list[int] = field(default_factory=list)
 
     @property
     def final(self) -> Dataset:
@@ -210,12 +221,20 @@ def c_get(
             on_store(item)
         return store_status(item.sop_instance_uid) if store_status else SUCCESS
 
+    def handle_dimse_recv(event: Any) -> None:
+        command = event.message.command_set
+        if command.CommandField == C_GET_RSP:
+            outcome.data_set_types.append(int(command.CommandDataSetType))
+
     assoc = ae.associate(
         bridge.host,
         bridge.port,
         ae_title=bridge.ae_title,
         ext_neg=roles,
-        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
+        evt_handlers=[
+            (evt.EVT_C_STORE, handle_store),
+            (evt.EVT_DIMSE_RECV, handle_dimse_recv),
+        ],
     )
     assert assoc.is_established, f"association refused; bridge log:\n{bridge.log_tail()}"
     try:
@@ -372,6 +391,8 @@ LEVELS = [
     ("PATIENT_ROOT", "STUDY"),
     ("PATIENT_ROOT", "SERIES"),
     ("PATIENT_ROOT", "IMAGE"),
+    # Not in the standard's Study Root model: served as Patient Root (Orthanc sends it).
+    ("STUDY_ROOT", "PATIENT"),
     ("STUDY_ROOT", "STUDY"),
     ("STUDY_ROOT", "SERIES"),
     ("STUDY_ROOT", "IMAGE"),
@@ -449,6 +470,65 @@ def test_getscu_zero_matches_is_success(bridge: BridgeProcess, tmp_path: Path) -
     assert final == "Success", describe(["getscu", *args], result)
     assert counts == {"Remaining": 0, "Completed": 0, "Failed": 0, "Warning": 0}
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def dead_backend_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+    """A bridge whose DICOMweb server refuses connections (a port bound, not listening)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/dicom-web"
+        process = start_bridge(
+            bridge_config(url, free_port(), timeout=5),
+            tmp_path_factory.mktemp("dead-backend-bridge"),
+            name="dead-backend-bridge",
+        )
+        try:
+            yield process
+        finally:
+            process.stop()
+
+
+GETSCU_REFUSALS = [
+    pytest.param(
+        ["QueryRetrieveLevel=STUDY", "PatientName=DOE*"],
+        IDENTIFIER_MISMATCH,
+        "PatientName is not a unique key of a STUDY-level retrieve",
+        id="non-unique-key",
+    ),
+    pytest.param(
+        ["QueryRetrieveLevel=FOO", "StudyInstanceUID=1.2.3.4"],
+        IDENTIFIER_MISMATCH,
+        "QueryRetrieveLevel 'FOO' is not one of",
+        id="unknown-level",
+    ),
+    pytest.param(
+        ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3.4"],
+        OUT_OF_RESOURCES_MATCHES,
+        "DICOMweb server unreachable",
+        id="qido-fails",
+    ),
+]
+
+
+@pytest.mark.parametrize(("keys", "status", "comment"), GETSCU_REFUSALS)
+def test_getscu_refusal_releases_cleanly(
+    request: pytest.FixtureRequest, keys: list[str], status: int, comment: str
+) -> None:
+    """A refused C-GET carries its status and ErrorComment and no data set, which getscu
+    never reads: with one, getscu's A-RELEASE met that P-DATA and it aborted."""
+    fixture = "dead_backend_bridge" if status == OUT_OF_RESOURCES_MATCHES else "bridge"
+    own: BridgeProcess = request.getfixturevalue(fixture)
+    args = ["-d", "-S", "-aet", "GETSCU", "-aec", own.ae_title]
+    for key in keys:
+        args += ["-k", key]
+    result = run_dcmtk("getscu", *args, own.host, str(own.port), timeout=60)
+    assert_released_cleanly(result)
+    final = final_response_dump(result.stdout + result.stderr, "Received C-GET Response")
+    assert (final.status, final.has_data_set) == (status, False), final
+    assert final.comment.startswith(comment), final
+    assert final.counts == {"Completed": 0, "Failed": 0, "Warning": 0}, final
+    assert own.running
 
 
 # --------------------------------------------------------------------------- pynetdicom SCU
@@ -572,12 +652,6 @@ def _some_study(manifest: Manifest) -> str:
             id="wildcard-uid",
             marks=pytest.mark.filterwarnings("ignore:Invalid value for VR UI"),
         ),
-        pytest.param(
-            {"QueryRetrieveLevel": "PATIENT", "PatientID": "P002"},
-            "STUDY_ROOT",
-            "QueryRetrieveLevel",
-            id="patient-level-in-study-root",
-        ),
     ],
 )
 def test_invalid_identifier_is_a900_with_comment(
@@ -591,12 +665,19 @@ def test_invalid_identifier_is_a900_with_comment(
     for keyword, value in keys.items():
         setattr(ident, keyword, _some_study(orthanc.manifest) if value == "@study" else value)
     outcome = c_get(bridge, ident, model)
-    # The bridge answers count 1 then the failure (pynetdicom wants the count first), so
-    # the counters are pynetdicom's; the status and the comment are the bridge's.
     assert outcome.status == IDENTIFIER_MISMATCH, outcome.summary()
     assert comment_has.lower() in outcome.comment.lower(), outcome.summary()
+    assert_refusal(outcome)
+
+
+def assert_refusal(outcome: GetOutcome) -> None:
+    """A C-GET refused before any sub-operation, as Orthanc answers it: one response, no
+    identifier (not even an empty Failed SOP Instance UID List), zero counters."""
+    assert len(outcome.responses) == 1, outcome.summary()
+    assert outcome.data_set_types == [NO_DATA_SET], outcome.summary()
+    assert (outcome.completed, outcome.failed, outcome.warning) == (0, 0, 0), outcome.summary()
+    assert "NumberOfRemainingSuboperations" not in outcome.final, outcome.summary()
     assert outcome.received == []
-    assert outcome.completed in (0, None), outcome.summary()
 
 
 def _study_with_ct_and_mr(manifest: Manifest) -> tuple[str, list[InstanceEntry]]:
@@ -663,7 +744,7 @@ def test_server_down_gives_a701_and_echo_still_works(
     outcome = c_get(own, identifier("STUDY", StudyInstanceUID="1.2.3.4"))
     assert outcome.status == OUT_OF_RESOURCES_MATCHES, outcome.summary()
     assert "unreachable" in outcome.comment.lower(), outcome.summary()
-    assert outcome.received == []
+    assert_refusal(outcome)
     assert c_echo(own) == SUCCESS
     assert own.running
 

@@ -68,8 +68,11 @@ from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_
 from tests.integration.dataset import InstanceEntry, Manifest, make_ct_series, to_bytes
 from tests.integration.orthanc import OrthancServer
 from tests.integration.tools import (
+    MOVESCU_EXIT_CMOVE_ERROR,
+    assert_released_cleanly,
     dcmtk,
     describe,
+    final_response_dump,
     free_port,
     port_listening,
     run_dcmtk,
@@ -84,6 +87,7 @@ CANCEL = 0xFE00
 WARNING_SUBOPS = 0xB000
 OUT_OF_RESOURCES_SUBOPS = 0xA702
 MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_MISMATCH = 0xA900
 
 HOST = "127.0.0.1"
 BRIDGE_AE = "DIMSE_BRIDGE"
@@ -767,6 +771,39 @@ def test_movescu_unknown_destination(bridge: BridgeProcess, orthanc: OrthancFixt
     assert final == MOVE_DESTINATION_UNKNOWN, result.stdout + result.stderr
 
 
+MOVE_REFUSALS = [
+    pytest.param(
+        ["QueryRetrieveLevel=STUDY", "PatientName=DOE*"],
+        "PatientName is not a unique key of a STUDY-level retrieve",
+        id="non-unique-key",
+    ),
+    pytest.param(
+        ["QueryRetrieveLevel=FOO", "StudyInstanceUID=1.2.3.4"],
+        "QueryRetrieveLevel 'FOO' is not one of",
+        id="unknown-level",
+    ),
+]
+
+
+@pytest.mark.parametrize(("keys", "comment"), MOVE_REFUSALS)
+def test_movescu_refusal_has_no_data_set(
+    bridge: BridgeProcess, storescp: StoreScp, keys: list[str], comment: str
+) -> None:
+    """A refused C-MOVE: status and ErrorComment, zero counters and no data set (as
+    Orthanc answers it), then a clean release."""
+    storescp.clear()
+    args = ["-d", "-S", "-aet", "MOVESCU", "-aec", bridge.ae_title, "-aem", storescp.ae_title]
+    for key in keys:
+        args += ["-k", key]
+    result = run_dcmtk("movescu", *args, bridge.host, str(bridge.port), timeout=60)
+    assert_released_cleanly(result, MOVESCU_EXIT_CMOVE_ERROR)
+    final = final_response_dump(result.stdout + result.stderr, "Received Final Move Response")
+    assert (final.status, final.has_data_set) == (IDENTIFIER_MISMATCH, False), final
+    assert final.comment.startswith(comment), final
+    assert final.counts == {"Completed": 0, "Failed": 0, "Warning": 0}, final
+    assert storescp.files() == {}
+
+
 # --------------------------------------------------------------------------- pynetdicom SCU
 
 
@@ -797,6 +834,22 @@ def test_pynetdicom_move_every_level(
     assert pydest.requestors == [BRIDGE_AE]
     assert {s.calling_ae for s in stored.values()} == {BRIDGE_AE}
     assert len({s.association for s in stored.values()}) == 1
+
+
+def test_pynetdicom_refusal_has_no_identifier(
+    bridge: BridgeProcess, pydest: Destination, fresh: None
+) -> None:
+    query = identifier("STUDY", PatientName="DOE*")
+    outcome = c_move(bridge, query, pydest.ae_title)
+    assert outcome.status == IDENTIFIER_MISMATCH, outcome.summary()
+    assert "PatientName" in outcome.comment, outcome.summary()
+    assert len(outcome.responses) == 1, outcome.summary()
+    ident = outcome.responses[0][1]
+    # pynetdicom's SCU hands over an empty Dataset when the response had no data set.
+    assert ident is None or len(ident) == 0, ident
+    counters = [outcome.count(f"Number{k}Suboperations") for k in ("OfCompleted", "OfFailed")]
+    assert counters == [0, 0], outcome.summary()
+    assert pydest.stored == []
 
 
 def test_unknown_destination_is_a801_with_comment(

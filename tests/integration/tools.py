@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -104,6 +106,52 @@ def describe(command: Sequence[str], result: subprocess.CompletedProcess[str]) -
         f"$ {' '.join(command)}\nexit status {result.returncode}\n"
         f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
     )
+
+
+@dataclass(frozen=True)
+class ToolResponse:
+    """The final C-GET/C-MOVE response as a dcmtk tool's -d dump shows it."""
+
+    status: int
+    comment: str
+    has_data_set: bool
+    counts: dict[str, int]
+
+
+def final_response_dump(log: str, marker: str) -> ToolResponse:
+    """Read the last response block after `marker` in a dcmtk tool's ``-d`` output
+    (getscu: "Received C-GET Response", movescu: "Received Final Move Response")."""
+    start = log.rfind(marker)
+    assert start >= 0, f"no {marker!r} in the tool's output:\n{log[-3000:]}"
+    block = log[start:]
+    status = re.search(r"DIMSE Status\s*:\s*0x([0-9a-fA-F]{4})", block)
+    data_set = re.search(r"Data Set\s*:\s*(\w+)", block)
+    comment = re.search(r"\(0000,0902\) LO \[(.*?)\]", block)
+    assert status is not None and data_set is not None, block[:3000]
+    counts = {
+        name: int(match.group(1))
+        for name in ("Completed", "Failed", "Warning")
+        if (match := re.search(rf"{name} Suboperations\s*:\s*(\d+)", block))
+    }
+    return ToolResponse(
+        status=int(status.group(1), 16),
+        comment=comment.group(1) if comment else "",
+        has_data_set=data_set.group(1) != "none",
+        counts=counts,
+    )
+
+
+# movescu (dcmtk 3.6.7) exits with this after a final C-MOVE failure status, 67 when the
+# release fails; getscu exits 0 whatever the status.
+MOVESCU_EXIT_CMOVE_ERROR = 69
+
+
+def assert_released_cleanly(result: subprocess.CompletedProcess[str], exit_code: int = 0) -> None:
+    """The dcmtk tool ended with an A-RELEASE the bridge answered, exiting `exit_code`."""
+    log = result.stdout + result.stderr
+    assert result.returncode == exit_code, log[-3000:]
+    assert "Releasing Association" in log, log[-3000:]
+    assert "Release Failed" not in log and "Aborting Association" not in log, log[-3000:]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -677,3 +677,17 @@ def test_patient_plan_needs_counts() -> None:
     assert "NumberOfPatientRelatedStudies" not in plan.query.includefield
     plain = build_find_plan(ident("PATIENT", PatientID=""), PATIENT_ROOT)
     assert plain.needs_patient_counts is False
+
+
+@pytest.mark.parametrize("level", ["STUDY", "SERIES", "IMAGE"])
+def test_file_meta_elements_are_neither_matched_nor_returned(level: str) -> None:
+    """Group 0002 belongs to Part 10 files, not identifiers: ignored like a lenient PACS."""
+    plain = ident(level, StudyInstanceUID="1.2.3", StudyDate="")
+    with_meta = ident(level, StudyInstanceUID="1.2.3", StudyDate="")
+    with_meta.add_new((0x0002, 0x0003), "UI", "1.2.3.4.5")
+    with_meta.add_new((0x0002, 0x0010), "UI", "1.2.840.10008.1.2.1")
+    expected = build_find_plan(plain, STUDY_ROOT)
+    plan = build_find_plan(with_meta, STUDY_ROOT)
+    assert plan.query == expected.query
+    assert plan.keys == expected.keys
+    assert all(tag.group != 0x0002 for tag, _ in plan.keys)
