@@ -289,7 +289,7 @@ def _check_peers(config: Config) -> bool:
         peer = result.peer
         where = f"peer {peer.ae_title} at {peer.host}:{peer.port}"
         if result.ok:
-            print(f"ok: {where}: {result.detail} to {calling} in {result.ms:.0f} ms")
+            print(f"ok: {where}: {result.detail} (calling AE {calling}, {result.ms:.0f} ms)")
         else:
             all_ok = False
             print(f"dimse-bridge: {where}: {result.detail} (calling AE {calling})", file=sys.stderr)
