@@ -189,7 +189,7 @@ def _check(config: Config, *, offline: bool = False, peers: bool = False) -> int
     backends = _backends(config)
     try:
         auths = [build_auth(dicomweb.auth) for _, dicomweb in backends]
-        tls_lines = _tls_report(config)
+        tls_lines = tls_summary(config)
     except ConfigError as exc:
         return _invalid(exc)
 
@@ -223,14 +223,22 @@ def _check(config: Config, *, offline: bool = False, peers: bool = False) -> int
     return code
 
 
-def _tls_report(config: Config) -> list[str]:
+def tls_summary(config: Config) -> list[str]:
     """One line per TLS endpoint; loading each context checks the files (ConfigError)."""
     from bridge.dicomweb.client import tls_context
-    from bridge.dimse.server import server_tls_context
 
     lines = []
     tls = config.dimse.tls
     if tls.enabled:
+        from bridge.dimse.server import server_tls_context
+
+        if tls.ca_certificates:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.ca_certificates)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigError(
+                    config.source, "dimse.tls.ca_certificates", f"cannot load it: {exc}"
+                ) from None
         try:
             server_tls_context(tls)
         except (ssl.SSLError, OSError) as exc:
@@ -314,6 +322,7 @@ def _run(config: Config) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     LOGGER.info("dimse-bridge %s, config %s", __version__, config.source)
     try:
+        tls_summary(config)  # unusable TLS files: exit 2 like any invalid config
         bridge = Bridge(config)
     except ConfigError as exc:
         return _invalid(exc)

@@ -407,17 +407,23 @@ url = "http://lan.invalid/dicom-web"
     ]
 
 
-@pytest.mark.parametrize("broken", ["listener-key", "ca-bundle"])
+@pytest.mark.parametrize("broken", ["listener-key", "listener-cas", "ca-bundle"])
 def test_check_unusable_tls_files_exit_2(
     broken: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cert, _key = self_signed(tmp_path, "bridge")
+    cert, key_file = self_signed(tmp_path, "bridge")
     _other_cert, other_key = self_signed(tmp_path, "other")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n", encoding="utf-8")
     if broken == "listener-key":
         text = f'[dimse.tls]\nenabled = true\ncertificate = "{cert}"\nprivate_key = "{other_key}"\n'
         key = "dimse.tls.certificate"
+    elif broken == "listener-cas":
+        text = (
+            f'[dimse.tls]\nenabled = true\ncertificate = "{cert}"\nprivate_key = "{key_file}"\n'
+            f'ca_certificates = "{garbage}"\n'
+        )
+        key = "dimse.tls.ca_certificates"
     else:
         text = f'[dicomweb]\nurl = "https://pacs.invalid/dicom-web"\nca_bundle = "{garbage}"\n'
         key = "dicomweb.ca_bundle"
@@ -426,6 +432,25 @@ def test_check_unusable_tls_files_exit_2(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith(f"dimse-bridge: invalid config: {path}: {key}: cannot load")
+
+
+def test_run_with_unusable_tls_files_exits_2(tmp_path: Path) -> None:
+    cert, _key = self_signed(tmp_path, "bridge")
+    _other_cert, other_key = self_signed(tmp_path, "other")
+    path = write_config(
+        tmp_path,
+        f'[dimse]\nhost = "127.0.0.1"\nport = {closed_port()}\n'
+        f'[dimse.tls]\nenabled = true\nhost = "127.0.0.1"\nport = {closed_port()}\n'
+        f'certificate = "{cert}"\nprivate_key = "{other_key}"\n'
+        f'[dicomweb]\nurl = "http://127.0.0.1:{closed_port()}/dicom-web"\n',
+    )
+    result = bridge("run", "--config", str(path))
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith(
+        f"dimse-bridge: invalid config: {path}: dimse.tls.certificate: cannot load it with "
+        "private_key: [X509: KEY_VALUES_MISMATCH]"
+    )
 
 
 def test_check_peers_without_peers(
