@@ -338,20 +338,28 @@ def probe_backends(bridge: Bridge, timeout: float = STARTUP_PROBE_TIMEOUT_S) -> 
     """Probe every backend once, together: INFO for each that answers, a WARNING with the
     reason for each that does not. The bridge serves either way (C-ECHO needs no backend,
     and the backend may come up later; /readyz tells the difference)."""
-    urls = {"default": mask_url(bridge.config.dicomweb.url)}
-    urls.update((b.name, mask_url(b.dicomweb.url)) for b in bridge.config.backends)
-    names = list(bridge.clients)
+    from bridge.dicomweb.client import make_client
+
+    backends = dict(_backends(bridge.config))
+
+    async def probe(name: str) -> str:
+        # A client of its own, closed after: the probe leaves the bridge's connection pools
+        # and request metrics as they were (the auth object, and its token, are shared).
+        client = make_client(backends[name], backend=name, auth=bridge.auths.get(name))
+        try:
+            return await asyncio.wait_for(client.probe(), timeout)
+        finally:
+            await client.aclose()
 
     async def probe_all() -> list[str | BaseException]:
-        probes = (asyncio.wait_for(bridge.clients[n].probe(), timeout) for n in names)
-        return await asyncio.gather(*probes, return_exceptions=True)
+        return await asyncio.gather(*(probe(name) for name in backends), return_exceptions=True)
 
     try:
         results = bridge.loop.call(probe_all(), timeout=timeout + 1)
     except TimeoutError:
-        results = [TimeoutError()] * len(names)
-    for name, result in zip(names, results, strict=True):
-        url = urls.get(name, "?")
+        results = [TimeoutError()] * len(backends)
+    for (name, dicomweb), result in zip(backends.items(), results, strict=True):
+        url = mask_url(dicomweb.url)
         if isinstance(result, str):
             LOGGER.info("backend %s (%s) answers: %s", name, url, result)
             continue
