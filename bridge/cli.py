@@ -37,8 +37,8 @@ EXIT_RUNTIME = 1
 # check --peers: config and DICOMweb server(s) fine, a [[peers]] entry did not answer.
 EXIT_PEER = 4
 
-# Seconds the start-up probe of `run` waits for each backend (they are probed together,
-# once the listeners are up, so a silent backend delays nothing but this log line).
+# Seconds the start-up probe of `run` waits for the backends (probed together, before
+# the listeners open).
 STARTUP_PROBE_TIMEOUT_S = 5.0
 
 _EXIT_RUN = """\
@@ -326,8 +326,14 @@ def _run(config: Config) -> int:
         bridge = Bridge(config)
     except ConfigError as exc:
         return _invalid(exc)
+    # Before listening: the port accepting associations then means the probe is over, so
+    # its request never mixes with the first ones served (a silent backend delays the
+    # start by STARTUP_PROBE_TIMEOUT_S at most). On the bridge's own loop, which start()
+    # keeps: the auth objects (a cached token, their locks) stay on one loop.
+    bridge.loop.start()
+    probe_backends(bridge)
     try:
-        serve_until(bridge, stop, started=probe_backends)
+        serve_until(bridge, stop)
     except ListenError as exc:
         print(f"dimse-bridge: cannot listen on {exc.address}: {exc.reason}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -335,9 +341,10 @@ def _run(config: Config) -> int:
 
 
 def probe_backends(bridge: Bridge, timeout: float = STARTUP_PROBE_TIMEOUT_S) -> None:
-    """Probe every backend once, together: INFO for each that answers, a WARNING with the
-    reason for each that does not. The bridge serves either way (C-ECHO needs no backend,
-    and the backend may come up later; /readyz tells the difference)."""
+    """Probe every backend once, together, on the bridge's loop (started): INFO for each
+    that answers, a WARNING with the reason for each that does not. The bridge serves
+    either way (C-ECHO needs no backend, and the backend may come up later; /readyz tells
+    the difference)."""
     from bridge.dicomweb.client import make_client
 
     backends = dict(_backends(bridge.config))

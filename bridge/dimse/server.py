@@ -303,15 +303,10 @@ async def _make_clients(
     return clients
 
 
-def serve_until(
-    bridge: Bridge, stop: threading.Event, started: Callable[[Bridge], None] | None = None
-) -> None:
-    """Run `bridge` until `stop` is set (by a signal handler), then shut it down;
-    `started(bridge)` runs once it listens (the CLI's start-up probe of the backends)."""
+def serve_until(bridge: Bridge, stop: threading.Event) -> None:
+    """Run `bridge` until `stop` is set (by a signal handler), then shut it down."""
     bridge.start()
     try:
-        if started is not None:
-            started(bridge)
         while not stop.wait(0.5):
             pass
     finally:
