@@ -609,12 +609,19 @@ def _load_google_credentials(path: str, scopes: tuple[str, ...], exceptions: Any
     try:
         info = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(AUTH_SOURCE, "credentials_file", f"cannot read: {exc.strerror}") from None
+        raise ConfigError(
+            AUTH_SOURCE, "credentials_file", f"cannot read {path}: {exc.strerror}"
+        ) from None
     except (UnicodeDecodeError, ValueError):
         raise ConfigError(
             AUTH_SOURCE, "credentials_file", f"expected a Google credentials JSON file: {path}"
         ) from None
-    kind = info.get("type") if isinstance(info, dict) else None
+    if not isinstance(info, dict):
+        # google-auth would fail on it with an AttributeError (a traceback, not a message).
+        raise ConfigError(
+            AUTH_SOURCE, "credentials_file", f"expected a JSON object of Google credentials: {path}"
+        )
+    kind = info.get("type")
     try:
         if kind == "service_account":
             service_account = _import_extra(
@@ -627,7 +634,9 @@ def _load_google_credentials(path: str, scopes: tuple[str, ...], exceptions: Any
     except (ValueError, exceptions.GoogleAuthError) as exc:
         # google-auth's messages name missing fields or the key format, not key material.
         raise ConfigError(
-            AUTH_SOURCE, "credentials_file", f"expected usable Google credentials ({_short(exc)})"
+            AUTH_SOURCE,
+            "credentials_file",
+            f"expected usable Google credentials in {path} ({_short(exc)})",
         ) from None
 
 

@@ -1,4 +1,5 @@
-"""``dimse-bridge run`` and ``check`` as processes: signals, graceful shutdown, config sources.
+"""``dimse-bridge run`` and ``check`` as processes: signals, graceful shutdown, config sources,
+``check --peers`` against real C-ECHO SCPs (dcmtk storescp, Orthanc), the start-up probe.
 
 Run as ``python -m bridge`` with the checkout first on PYTHONPATH, like the bridge_process
 fixture does; the cases that need a command line other than ``run --config FILE``
@@ -24,7 +25,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 
 from tests.conftest import OrthancFixture
 from tests.integration.bridge_runner import REPO_ROOT, BridgeProcess, bridge_config
-from tests.integration.tools import free_port, port_listening
+from tests.integration.tools import dcmtk, free_port, port_listening, tool_env
 
 pytestmark = pytest.mark.integration
 
@@ -229,3 +230,145 @@ def test_check_against_orthanc_is_ok(orthanc: OrthancFixture, tmp_path: Path) ->
     assert lines[0].startswith("ok: "), lines[0]
     assert str(config) in lines[0] and orthanc.dicomweb_url in lines[0]
     assert result.stderr == ""
+
+
+# --------------------------------------------------------------------------- check --peers
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """dcmtk's storescp as a C-ECHO SCP on loopback (debug log: it names the calling AE)."""
+    port = free_port()
+    log_path = tmp_path / "storescp.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [dcmtk("storescp"), "-d", "-aet", "STORESCP", "-od", str(tmp_path), str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=tool_env(),
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_listening(port):
+            assert process.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, "storescp did not listen within 10 s"
+            time.sleep(0.05)
+        yield port, log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_check_peers_echoes_each_peer(
+    orthanc: OrthancFixture, storescp: tuple[int, Path], tmp_path: Path
+) -> None:
+    scp_port, scp_log = storescp
+    down_port = free_port()
+    up_peers = [("STORESCP", "127.0.0.1", scp_port), (orthanc.aet, "127.0.0.1", orthanc.dicom_port)]
+    config = tmp_path / "peers.toml"
+    config.write_text(
+        bridge_config(
+            orthanc.dicomweb_url,
+            free_port(),
+            ae_title="CHECK_BRIDGE",
+            peers=[*up_peers, ("DOWN", "127.0.0.1", down_port)],
+        ),
+        encoding="utf-8",
+    )
+    result = run_cli("check", "--peers", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 4, result
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ok: config "), lines
+    assert len(lines) == 3, lines
+    for line, (ae_title, host, port) in zip(lines[1:], up_peers, strict=True):
+        assert line.startswith(
+            f"ok: peer {ae_title} at {host}:{port}: C-ECHO answered 0x0000 (success) "
+            "(calling AE CHECK_BRIDGE, "
+        ), line
+    assert result.stderr == (
+        f"dimse-bridge: peer DOWN at 127.0.0.1:{down_port}: cannot connect: Connection refused "
+        "(calling AE CHECK_BRIDGE)\n"
+    )
+    # The SCP saw the bridge's AE title as the calling AE.
+    assert "Calling Application Name:    CHECK_BRIDGE" in scp_log.read_text(errors="replace")
+
+    # Every peer up: exit 0; the calling AE is the one C-MOVE uses. Without --peers, peers
+    # are not contacted.
+    config.write_text(
+        bridge_config(
+            orthanc.dicomweb_url,
+            free_port(),
+            move={"calling_ae_title": "MOVER"},
+            peers=[("STORESCP", "127.0.0.1", scp_port)],
+        ),
+        encoding="utf-8",
+    )
+    result = run_cli("check", "--peers", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines()[1].startswith(
+        f"ok: peer STORESCP at 127.0.0.1:{scp_port}: C-ECHO answered 0x0000 (success) "
+        "(calling AE MOVER, "
+    )
+    assert result.stderr == ""
+    assert "Calling Application Name:    MOVER" in scp_log.read_text(errors="replace")
+    associations = scp_log.read_text(errors="replace").count("I: Association Received")
+    assert associations == 2
+    assert run_cli("check", "--config", str(config), cwd=tmp_path).returncode == 0
+    assert scp_log.read_text(errors="replace").count("I: Association Received") == associations
+
+
+def test_check_peers_with_the_server_down_exits_3_and_still_reports_peers(
+    storescp: tuple[int, Path], tmp_path: Path
+) -> None:
+    scp_port, _log = storescp
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    config = tmp_path / "down.toml"
+    config.write_text(
+        bridge_config(url, free_port(), peers=[("STORESCP", "127.0.0.1", scp_port)]),
+        encoding="utf-8",
+    )
+    result = run_cli("check", "--peers", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 3, result
+    assert result.stderr.startswith(f"dimse-bridge: {url}: cannot connect to {url}/studies")
+    assert result.stdout.startswith(f"ok: peer STORESCP at 127.0.0.1:{scp_port}: C-ECHO answered")
+
+
+# --------------------------------------------------------------------------- start-up probe
+
+
+def echo(bridge: BridgeProcess) -> int:
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", bridge.port, ae_title=bridge.ae_title)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
+
+
+def test_run_warns_when_the_backend_does_not_answer_and_serves(
+    bridge_process: Callable[..., BridgeProcess],
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    bridge = bridge_process(bridge_config(url, free_port()))
+    wait_for_log(bridge, "start-up probe")
+    warning = next(line for line in bridge.log_text().splitlines() if "start-up probe" in line)
+    assert " WARNING " in warning, warning
+    assert f"backend default ({url}) failed its start-up probe: cannot connect to {url}" in warning
+    assert "serving anyway" in warning
+    assert echo(bridge) == 0x0000
+    assert bridge.running
+    assert bridge.stop(timeout=10) == 0, bridge.log_tail()
+
+
+def test_run_logs_that_the_backend_answers(
+    bridge_process: Callable[..., BridgeProcess], orthanc: OrthancFixture
+) -> None:
+    bridge = bridge_process(bridge_config(orthanc.dicomweb_url, free_port()))
+    wait_for_log(
+        bridge, f"backend default ({orthanc.dicomweb_url}) answers: QIDO-RS answered HTTP 200"
+    )
+    assert "WARNING" not in bridge.log_text()
+    assert echo(bridge) == 0x0000
