@@ -98,8 +98,8 @@ log "installing the package with its [test] extra into $VENV"
 "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -e '.[test]'
 
 # --- checks and tests --------------------------------------------------------------------
-log "ruff check bridge tests"
-"$VENV/bin/ruff" check bridge tests
+log "ruff check bridge tests bench"
+"$VENV/bin/ruff" check bridge tests bench
 log "mypy"
 "$VENV/bin/mypy"
 log "pytest $*"
