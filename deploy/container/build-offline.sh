@@ -70,6 +70,9 @@ log "wheelhouse ready in $(since "$started") s"
 # 3. The image.
 started="$(now)"
 log "podman build $IMAGE"
+# --layers=false: no intermediate images are kept (the context changes with every checkout,
+# so they would rarely be reused, and repeated builds would pile them up); --network=none:
+# nothing is fetched, the wheelhouse has it all.
 "${PODMAN[@]}" build --format docker --layers=false --network=none "${ULIMITS[@]}" \
     -f deploy/container/Containerfile \
     --build-arg BASE="$BASE_IMAGE" --build-arg PIP_SOURCE=wheelhouse \

@@ -145,8 +145,8 @@ def served(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
                 state = podman("inspect", "--format", "{{.State.Status}}", CONTAINER).stdout
                 if state.strip() != "running" or time.monotonic() > deadline:
                     logs = podman("logs", CONTAINER, check=False)
-                    pytest.fail(f"container {state.strip()}, DIMSE port {port} not open:\n"
-                                f"{logs.stdout}{logs.stderr}")  # fmt: skip
+                    message = f"container {state.strip()}, DIMSE port {port} not open"
+                    pytest.fail(f"{message}:\n{logs.stdout}{logs.stderr}")
                 time.sleep(0.2)
             yield Served(CONTAINER, port, ops_port, orthanc, series, workdir)
         finally:
