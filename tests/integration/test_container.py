@@ -17,12 +17,15 @@ the podman flags that work on these machines are the build script's default
 
 from __future__ import annotations
 
+import http.server
 import io
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +52,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 BUILD_SCRIPT = REPO_ROOT / "deploy" / "container" / "build-offline.sh"
 IMAGE = "localhost/dimse-bridge:test"
+IMAGE_FROM_INDEX = "localhost/dimse-bridge:test-index"
+BASE_IMAGE = "localhost/dimse-bridge-base:bookworm"  # build-offline.sh's, SUITE=bookworm
+WHEELHOUSE = REPO_ROOT / "deploy" / "container" / "wheelhouse"
 CONTAINER = f"dimse-bridge-test-{os.getpid()}"
 DEFAULT_PODMAN_FLAGS = "--runtime runc --cgroup-manager=cgroupfs"
 # podman's default rlimits cannot be set under runc on these machines.
@@ -279,3 +285,71 @@ def test_c_store(served: Served, tmp_path: Path) -> None:
     assert stored.SOPInstanceUID == instance.SOPInstanceUID
     assert stored.PatientID == "STORE001"
     assert stored.PixelData == instance.PixelData
+
+
+# --------------------------------------------------------------------------- PIP_SOURCE=index
+
+
+class _IndexHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory (a PEP 503 simple index of folders) and records every path."""
+
+    requested: list[str]
+
+    def log_message(self, format: str, *args: object) -> None:
+        self.requested.append(self.path)
+
+
+def simple_index(root: Path, wheels: list[Path]) -> Path:
+    """``root/simple/<normalized project name>/<wheel>``: what pip's --index-url reads (the
+    server's directory listings are the project pages)."""
+    for wheel in wheels:
+        project = re.sub(r"[-_.]+", "-", wheel.name.split("-", 1)[0]).lower()
+        folder = root / "simple" / project
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(wheel, folder / wheel.name)
+    return root
+
+
+def test_index_build_installs_from_a_package_index(image: str, tmp_path: Path) -> None:
+    """PIP_SOURCE=index, the Containerfile's default (for builds where pip reaches PyPI or a
+    mirror), set to a package index by PIP_INDEX_URL: here a simple index on loopback
+    holding the wheelhouse's dependencies and setuptools (the build backend; the project
+    itself is built from the context), reached with ``--network=host``."""
+    setuptools_dir = tmp_path / "setuptools"
+    download = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+         "--only-binary=:all:", "--no-deps", "-d", str(setuptools_dir), "setuptools>=68"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert download.returncode == 0, download.stderr
+    dependencies = [w for w in WHEELHOUSE.glob("*.whl") if not w.name.startswith("dimse_bridge-")]
+    root = simple_index(tmp_path / "index", [*dependencies, *setuptools_dir.glob("*.whl")])
+    handler = type("Handler", (_IndexHandler,), {"requested": []})
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/simple/"
+        result = subprocess.run(
+            ["podman", *shlex.split(os.environ.get("PODMAN_FLAGS", DEFAULT_PODMAN_FLAGS)),
+             "build", "--format", "docker", "--layers=false", "--network=host", *ULIMITS,
+             "-f", "deploy/container/Containerfile", "--build-arg", f"BASE={BASE_IMAGE}",
+             "--build-arg", f"PIP_INDEX_URL={url}", "-t", IMAGE_FROM_INDEX, "."],
+            capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert result.returncode == 0, describe(["podman", "build"], result)
+        requested = set(handler.requested)
+        assert {"/simple/pynetdicom/", "/simple/setuptools/"} <= requested, sorted(requested)
+        version = podman(
+            "run", "--rm", "--network=none", *ULIMITS, "--entrypoint", "dimse-bridge",
+            IMAGE_FROM_INDEX, "--version",
+        )  # fmt: skip
+        assert version.stdout.strip() == "dimse-bridge 0.1.0"
+        user = podman("image", "inspect", "--format", "{{.Config.User}}", IMAGE_FROM_INDEX)
+        assert user.stdout.strip() == f"{UID}:{UID}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        podman("rmi", "-f", IMAGE_FROM_INDEX, check=False)
