@@ -50,8 +50,12 @@ fi
 log "base $BASE_IMAGE ready in $(since "$started") s"
 
 # 2. The wheelhouse, for the base's Python.
-base_python="$("${PODMAN[@]}" run --rm --network=none "${ULIMITS[@]}" "$BASE_IMAGE" \
-    python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+# A named container, removed even if this script is interrupted (a killed `podman run`
+# client leaves its container running).
+probe="dimse-bridge-build-probe-$$"
+trap '"${PODMAN[@]}" rm -f "$probe" >/dev/null 2>&1 || true' EXIT
+base_python="$("${PODMAN[@]}" run --rm --name "$probe" --network=none "${ULIMITS[@]}" \
+    "$BASE_IMAGE" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 host_python="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 if [ "$base_python" != "$host_python" ]; then
     log "the base has Python $base_python, $PYTHON is $host_python: the wheels would not fit;"

@@ -343,8 +343,8 @@ def test_index_build_installs_from_a_package_index(image: str, tmp_path: Path) -
         requested = set(handler.requested)
         assert {"/simple/pynetdicom/", "/simple/setuptools/"} <= requested, sorted(requested)
         version = podman(
-            "run", "--rm", "--network=none", *ULIMITS, "--entrypoint", "dimse-bridge",
-            IMAGE_FROM_INDEX, "--version",
+            "run", "--rm", "--name", f"{CONTAINER}-index", "--network=none", *ULIMITS,
+            "--entrypoint", "dimse-bridge", IMAGE_FROM_INDEX, "--version",
         )  # fmt: skip
         assert version.stdout.strip() == "dimse-bridge 0.1.0"
         user = podman("image", "inspect", "--format", "{{.Config.User}}", IMAGE_FROM_INDEX)
@@ -352,4 +352,5 @@ def test_index_build_installs_from_a_package_index(image: str, tmp_path: Path) -
     finally:
         server.shutdown()
         server.server_close()
+        podman("rm", "-f", f"{CONTAINER}-index", check=False)
         podman("rmi", "-f", IMAGE_FROM_INDEX, check=False)
