@@ -123,6 +123,26 @@ class Served:
         return str(self.series[0].SeriesInstanceUID)
 
 
+def start_container(image: str, name: str, config: Path, port: int) -> None:
+    """``podman run -d --name NAME --network=host`` with `config` mounted over the image's
+    own; returns once the DIMSE `port` listens (fails with the container's log if not)."""
+    podman("rm", "-f", name, check=False)
+    podman(
+        "run", "-d", "--name", name, "--network=host", *ULIMITS,
+        "-v", f"{config}:/etc/dimse-bridge/bridge.toml:ro",
+        image,
+    )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT
+    while not port_listening(port):
+        state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        if state != "running" or time.monotonic() > deadline:
+            logs = podman("logs", name, check=False)
+            pytest.fail(
+                f"container {state}, DIMSE port {port} not open:\n{logs.stdout}{logs.stderr}"
+            )
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def served(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     require_orthanc()
@@ -139,21 +159,8 @@ def served(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
             bridge_config(orthanc.dicomweb_url, port, ops={"listen": f"127.0.0.1:{ops_port}"})
         )
         config.chmod(0o644)  # read by uid 10001 in the container
-        podman("rm", "-f", CONTAINER, check=False)
         try:
-            podman(
-                "run", "-d", "--name", CONTAINER, "--network=host", *ULIMITS,
-                "-v", f"{config}:/etc/dimse-bridge/bridge.toml:ro",
-                image,
-            )  # fmt: skip
-            deadline = time.monotonic() + START_TIMEOUT
-            while not port_listening(port):
-                state = podman("inspect", "--format", "{{.State.Status}}", CONTAINER).stdout
-                if state.strip() != "running" or time.monotonic() > deadline:
-                    logs = podman("logs", CONTAINER, check=False)
-                    message = f"container {state.strip()}, DIMSE port {port} not open"
-                    pytest.fail(f"{message}:\n{logs.stdout}{logs.stderr}")
-                time.sleep(0.2)
+            start_container(image, CONTAINER, config, port)
             yield Served(CONTAINER, port, ops_port, orthanc, series, workdir)
         finally:
             podman("rm", "-f", "--time", "5", CONTAINER, check=False)
@@ -285,6 +292,25 @@ def test_c_store(served: Served, tmp_path: Path) -> None:
     assert stored.SOPInstanceUID == instance.SOPInstanceUID
     assert stored.PatientID == "STORE001"
     assert stored.PixelData == instance.PixelData
+
+
+def test_podman_stop_is_a_graceful_shutdown(image: str, served: Served) -> None:
+    """SIGTERM reaches the bridge (PID 1 through the exec-form entry point), which drains
+    and exits 0 well within the grace time: not SIGKILLed (137) at its end."""
+    name = f"{CONTAINER}-stop"
+    port = free_port()
+    config = served.workdir / "stop.toml"
+    config.write_text(bridge_config(served.orthanc.dicomweb_url, port))
+    config.chmod(0o644)
+    try:
+        start_container(image, name, config, port)
+        podman("stop", "--time", "20", name, timeout=60)
+        exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+        log = podman("logs", name).stderr
+        assert exit_code == "0", log
+        assert "received SIGTERM" in log and "stopped" in log, log
+    finally:
+        podman("rm", "-f", name, check=False)
 
 
 # --------------------------------------------------------------------------- PIP_SOURCE=index
