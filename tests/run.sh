@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command that installs the test prerequisites and runs the whole suite:
-#   system packages (Orthanc + DICOMweb plugin + dcmtk + GDCM's gdcmscu) when missing, a
-#   venv in .venv with the package and its [test] extra, then ruff, mypy and pytest
-#   (arguments go to pytest).
+#   system packages (Orthanc + DICOMweb plugin + dcmtk + GDCM's gdcmscu; podman, runc,
+#   mmdebstrap for the container test) when missing, a venv in .venv with the package and
+#   its [test] extra, then ruff, mypy and pytest (arguments go to pytest).
 # Works from a clean Debian/Ubuntu checkout as root, or as a user with sudo.
 set -euo pipefail
 
@@ -75,6 +75,21 @@ done
 if ! plugin_present; then
     log "missing after installation: the Orthanc DICOMweb plugin (.so of orthanc-dicomweb)"
     exit 1
+fi
+
+# The container test (tests/integration/test_container.py) builds and runs the image with
+# rootful podman: runc (the default crun fails on some hosts: see the podman flags in
+# deploy/container/build-offline.sh) and mmdebstrap for the Debian base
+# (apt_install passes --no-install-recommends: podman recommends the rootless extras.)
+# Only as root: run as another user, the test skips (rootless podman is not set up).
+if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
+    || ! command -v mmdebstrap >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        log "installing podman, runc and mmdebstrap"
+        apt_install podman runc mmdebstrap
+    else
+        log "not root: podman, runc, mmdebstrap not installed; the container test will skip"
+    fi
 fi
 
 # --- Python venv -------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Checks of the deployment files under deploy/: manifests, the systemd unit, the image."""
