@@ -739,7 +739,7 @@ def test_progress_rate_limited(progress_log: tuple[logging.Logger, _ListHandler]
     progress.update(150, 75_000_000)
     assert len(handler.records) == 1
     assert handler.records[0].getMessage() == (
-        "C-GET to WORKSTATION: 150/1000 instances, 75.0 MB, 7.5 MB/s"
+        "C-GET to WORKSTATION: 150/1000 instances, 0 failed, 75.0 MB, 7.5 MB/s"
     )
     fields = getattr(handler.records[0], "fields")  # noqa: B009 - set through `extra`
     assert fields["done"] == 150 and fields["total"] == 1000
@@ -752,5 +752,21 @@ def test_progress_rate_limited(progress_log: tuple[logging.Logger, _ListHandler]
     assert len(handler.records) == 2
     # The rate is over the last interval: 123 MB in 10 s.
     assert handler.records[1].getMessage() == (
-        "C-GET to WORKSTATION: 300/1000 instances, 198.0 MB, 12.3 MB/s"
+        "C-GET to WORKSTATION: 300/1000 instances, 0 failed, 198.0 MB, 12.3 MB/s"
     )
+
+
+def test_progress_counts_failed_instances(
+    progress_log: tuple[logging.Logger, _ListHandler],
+) -> None:
+    """Failed sub-operations move the count on and are shown as failed."""
+    logger, handler = progress_log
+    clock = _Clock(0.0)
+    progress = Progress("C-GET", "WORKSTATION", 1000, 10.0, logger, clock=clock)
+    clock.now = 10.0
+    progress.update(400, 50_000_000, 150)
+    assert handler.records[0].getMessage() == (
+        "C-GET to WORKSTATION: 400/1000 instances, 150 failed, 50.0 MB, 5.0 MB/s"
+    )
+    fields = getattr(handler.records[0], "fields")  # noqa: B009 - set through `extra`
+    assert (fields["done"], fields["failed"]) == (400, 150)
