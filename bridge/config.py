@@ -125,7 +125,7 @@ class DicomwebConfig:
     # Circuit breaker (bridge/dicomweb/breaker.py): after this many different requests
     # in a row found the server unreachable (refused, timeout, 502/504), fail requests at
     # once for breaker_cooldown seconds, then let one through as a probe (0 = off).
-    breaker_threshold: int = 5
+    breaker_threshold: int = 3
     breaker_cooldown: float = 5.0
     # TLS: verification is on unless turned off; a CA bundle and a client certificate
     # (mutual TLS) may be given as PEM files.

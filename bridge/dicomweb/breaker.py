@@ -35,6 +35,14 @@ What an outcome proves (``classify``, the one table):
 the server keeps failing is that instance's problem, not an outage, and must not stop a
 C-GET of a thousand others. A reachable outcome of any request resets the count.
 
+Defaults: 3 requests, 5 s. Three different requests meeting a refused connection, a
+timeout or a 502/504 with no answer in between do not happen while the server is up, and
+three is below the fetch-ahead's 8 concurrent requests, so a C-GET's own in-flight
+requests open it within moments of an outage instead of each first using up its retries
+(with fewer concurrent requests than the threshold, it opens only after they did).
+Five seconds is short next to a C-GET and long enough not to hammer a restarting server;
+a failed probe costs one request per cool-down.
+
 A breaker belongs to one backend's client and is used on the bridge's event loop only
 (no locks). ``threshold = 0`` turns it off.
 """
@@ -58,7 +66,7 @@ from bridge.errors import (
 
 LOGGER = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 5
+DEFAULT_THRESHOLD = 3
 DEFAULT_COOLDOWN = 5.0
 
 

@@ -196,7 +196,7 @@ def _run(
                         len(remaining),
                     )
                     done = len(refs)
-                    progress.update(done, tally.bytes_sent, len(tally.failed))
+                    progress.update(done, tally.bytes_sent, len(tally.failed), force=True)
                     break
                 if subop.dataset is None:
                     LOGGER.warning(

@@ -128,11 +128,12 @@ class Progress:
         self._last_bytes = 0
         self._due = self._last_t + interval_s
 
-    def update(self, done: int, nbytes: int, failed: int = 0) -> None:
+    def update(self, done: int, nbytes: int, failed: int = 0, *, force: bool = False) -> None:
         """`done` instances dealt with, `failed` of them failed, and `nbytes` bytes
-        transferred so far (cumulative)."""
+        transferred so far (cumulative); `force` writes the line even if none is due (a
+        jump such as an outage failing every remaining instance at once)."""
         now = self._clock()
-        if now < self._due:
+        if now < self._due and not force:
             return
         elapsed = now - self._last_t
         rate_mb_s = (nbytes - self._last_bytes) / elapsed / 1e6 if elapsed > 0 else 0.0
