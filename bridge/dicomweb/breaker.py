@@ -162,10 +162,10 @@ class CircuitBreaker:
 
     def error(self) -> DicomwebCircuitOpen:
         """The error a request gets while the breaker is open."""
-        left = max(0.0, self._opened_at + self.cooldown - self._clock())
+        left = self._opened_at + self.cooldown - self._clock()
+        later = f"next probe in {left:.1f} s" if left > 0 else "a probe is under way"
         return DicomwebCircuitOpen(
-            f"DICOMweb server unreachable: {self._reason}; not asked again "
-            f"for {left:.1f} s (circuit open)"
+            f"DICOMweb server unreachable: {self._reason}; {later} (circuit open)"
         )
 
     def before(self, request: object) -> None:

@@ -114,14 +114,12 @@ async def retrying(
                 delay = backoff(tries, policy, retry_after, rng)
                 if time.monotonic() - started + delay > policy.deadline:
                     raise
-                if breaker is None:
-                    LOGGER.info("%s failed (%s); retry %d in %.2f s", what, exc, tries, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                if breaker.is_open:
+                if breaker is not None and breaker.is_open:
                     raise breaker.error() from exc
                 LOGGER.info("%s failed (%s); retry %d in %.2f s", what, exc, tries, delay)
-                if await breaker.wait_opened(delay):
+                if breaker is None:
+                    await asyncio.sleep(delay)
+                elif await breaker.wait_opened(delay):
                     raise breaker.error() from exc
             else:
                 if breaker is not None:

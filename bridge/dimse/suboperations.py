@@ -187,7 +187,7 @@ def _run(
                     # The DICOMweb server is unreachable (circuit open): fail this and
                     # every remaining sub-operation now, in one line, fetching nothing.
                     remaining = [ref.sop_instance_uid for ref in refs[done - 1 :]]
-                    tally.record_failures(remaining, subop.error or "DICOMweb server down")
+                    tally.record_failures(remaining, subop.error or "DICOMweb server unreachable")
                     LOGGER.warning(
                         "%s for %s: %s; %d remaining sub-operation(s) failed",
                         service,

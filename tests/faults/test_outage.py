@@ -9,8 +9,9 @@ ends at once with 0xB000, the Failed SOP Instance UID List names exactly the ins
 not received and the ErrorComment the outage; only a handful of WADO-RS requests are
 made after the kill (not five per remaining instance); the log has one outage line, not
 one per instance; the progress lines count the failed sub-operations. A C-FIND during
-the outage answers 0xA700 at once without asking the server, /readyz says why, and once
-Orthanc is back (after the cool-down) C-FIND and C-GET work again.
+the outage answers 0xA700 at once without asking the server (a C-GET 0xA701), /readyz
+says why, C-ECHO still answers, and once Orthanc is back (after the cool-down) C-FIND
+and C-GET work again.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ STUDY_SIZE = 400
 KILL_AFTER = 40  # instances received before Orthanc is killed
 CONCURRENCY = 4  # retrieve.max_concurrent_fetches
 THRESHOLD = 3  # dicomweb.breaker_threshold (the default)
-COOLDOWN = 4.0  # dicomweb.breaker_cooldown: long enough to C-FIND inside it
+COOLDOWN = 6.0  # dicomweb.breaker_cooldown: long enough to C-FIND and C-GET inside it
 # WADO-RS requests the bridge may still make once the server is gone: the ones in flight
 # and their retries until THRESHOLD different requests have failed. Without the breaker
 # every remaining instance is tried 5 times (1,800 here).
@@ -294,6 +295,11 @@ def test_outage_during_c_get_fails_fast_and_recovers(study: Study, setup: Setup)
     assert int(status.Status) == 0xA700, status
     assert str(status.get("ErrorComment", "")) == OUTAGE, status
     assert matches == 0
+    assert setup.metric("dimse_bridge_http_requests_total", kind="qido") == qido_before
+    # A new C-GET: 0xA701 at once (its QIDO-RS search is not even sent).
+    refused = c_get(bridge, study.study_uid)
+    assert refused.status == 0xA701 and refused.comment == OUTAGE, refused.describe()
+    assert refused.received == []
     assert setup.metric("dimse_bridge_http_requests_total", kind="qido") == qido_before
     ready = httpx.get(setup.ops_url + "/readyz", timeout=10)
     assert ready.status_code == 503 and "circuit open" in ready.text, ready.text

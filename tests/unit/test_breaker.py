@@ -95,7 +95,7 @@ def test_opens_after_threshold_different_requests_in_a_row(
     assert str(raised.value).startswith(
         "DICOMweb server unreachable: 3 requests in a row failed (connection refused); "
     )
-    assert "circuit open" in str(raised.value)
+    assert str(raised.value).endswith("; next probe in 0.1 s (circuit open)")
     assert raised.value.summary == "DICOMweb server unreachable (circuit open)"
     assert raised.value.never_sent  # nothing was sent: safe for STOW-RS too
     assert not is_retryable(raised.value, idempotent=True)
@@ -135,7 +135,7 @@ def test_half_open_probe_success_closes(caplog: pytest.LogCaptureFixture) -> Non
     probe = object()
     cb.before(probe)  # the cool-down is over: this request is the probe
     assert cb.state is State.HALF_OPEN
-    with pytest.raises(DicomwebCircuitOpen):
+    with pytest.raises(DicomwebCircuitOpen, match="a probe is under way"):
         cb.before(object())  # others still fail fast while the probe runs
     cb.before(probe)  # the probe's own retry may go
     clock.now += 0.5
