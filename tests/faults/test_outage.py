@@ -239,9 +239,9 @@ def test_outage_during_c_get_fails_fast_and_recovers(study: Study, setup: Setup)
         if received == KILL_AFTER:
             process = study.server.process
             assert process is not None
+            outcome.killed_at = time.monotonic()  # the outage begins
             process.kill()
             process.wait(10)
-            outcome.killed_at = time.monotonic()
 
     got = c_get(bridge, study.study_uid, on_store=kill_orthanc)
     got.killed_at = outcome.killed_at
