@@ -46,6 +46,20 @@ def test_each_metrics_has_its_own_registry() -> None:
     assert _value(b, "dimse_bridge_associations_active") == 0
 
 
+def test_circuit_breaker_metrics_count_outages_not_probes() -> None:
+    m = Metrics()
+    # One outage with a failed probe, then recovery, then a second outage.
+    for state in ("open", "half_open", "open", "half_open", "closed", "open"):
+        m.circuit_state("pacs", state)
+    name = "dimse_bridge_dicomweb_circuit_openings_total"
+    assert _value(m, name, backend="pacs") == 2
+    assert _value(m, "dimse_bridge_dicomweb_circuit_open", backend="pacs") == 1
+    m.circuit_state("pacs", "half_open")
+    m.circuit_state("pacs", "closed")
+    assert _value(m, "dimse_bridge_dicomweb_circuit_open", backend="pacs") == 0
+    assert _value(m, name, backend="other") == 0
+
+
 def test_association_metrics() -> None:
     m = Metrics()
     assert _value(m, "dimse_bridge_associations_total", outcome="rejected") == 0
