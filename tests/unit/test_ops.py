@@ -786,6 +786,5 @@ def test_progress_counts_failed_instances(
     assert (fields["done"], fields["failed"]) == (400, 150)
     clock.now = 10.5  # no line due for 9.5 s, but an outage fails the rest at once
     progress.update(1000, 50_000_000, 750, force=True)
-    assert handler.records[-1].getMessage().startswith(
-        "C-GET to WORKSTATION: 1000/1000 instances, 750 failed, "
-    )
+    last = handler.records[-1].getMessage()
+    assert last.startswith("C-GET to WORKSTATION: 1000/1000 instances, 750 failed, ")
