@@ -36,7 +36,7 @@ the server keeps failing is that instance's problem, not an outage, and must not
 C-GET of a thousand others. A reachable outcome of any request resets the count.
 
 Defaults: 3 requests, 5 s. Three different requests meeting a refused connection, a
-timeout or a 502/504 with no answer in between do not happen while the server is up, and
+timeout or a 502/504 with no answer in between hardly happen while the server serves, and
 three is below the fetch-ahead's 8 concurrent requests, so a C-GET's own in-flight
 requests open it within moments of an outage instead of each first using up its retries
 (with fewer concurrent requests than the threshold, it opens only after they did).
