@@ -10,8 +10,9 @@ not received and the ErrorComment the outage; only a handful of WADO-RS requests
 made after the kill (not five per remaining instance); the log has one outage line, not
 one per instance; the progress lines count the failed sub-operations. A C-FIND during
 the outage answers 0xA700 at once without asking the server (a C-GET 0xA701), /readyz
-says why, C-ECHO still answers, and once Orthanc is back (after the cool-down) C-FIND
-and C-GET work again.
+says why, C-ECHO still answers, and once Orthanc is back (after the cool-down) the
+/readyz probe closes the breaker and C-FIND and C-GET work again. A C-MOVE hit by the
+same outage fails its remaining sub-operations at once too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 
@@ -335,4 +337,81 @@ def test_outage_during_c_get_fails_fast_and_recovers(study: Study, setup: Setup)
         f"\n[outage/{'proxy' if setup.proxy else 'direct'}] C-GET ended {seconds:.2f} s after "
         f"the kill; {len(received)} received, {len(failed)} failed; {after} WADO-RS requests "
         f"after the kill; C-FIND during the outage {find_s:.3f} s; comment {got.comment!r}"
+    )
+
+
+@pytest.mark.timeout(150)
+def test_outage_during_c_move_fails_the_rest_at_once(
+    study: Study, bridge_process: Callable[..., BridgeProcess]
+) -> None:
+    """The same outage during a C-MOVE (connection refused): the sub-association's
+    remaining sub-operations fail at once, listed, with the outage ErrorComment."""
+    received: list[str] = []
+    killed_at: list[float] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == KILL_AFTER:
+            process = study.server.process
+            assert process is not None
+            killed_at.append(time.monotonic())
+            process.kill()
+            process.wait(10)
+        return 0x0000
+
+    dest_port = free_tcp_port()
+    dest = AE(ae_title="MOVEDEST")
+    dest.add_supported_context(CTImageStorage)
+    server = dest.start_server(
+        ("127.0.0.1", dest_port),
+        block=False,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_STORE, on_store)],
+    )
+    try:
+        bridge = bridge_process(
+            bridge_config(
+                study.server.dicomweb_url,
+                free_tcp_port(),
+                timeout=5,
+                dicomweb={"breaker_cooldown": COOLDOWN},
+                retrieve={"max_concurrent_fetches": CONCURRENCY, "max_buffer_bytes": 1 << 20},
+                peers=[("MOVEDEST", "127.0.0.1", dest_port)],
+            )
+        )
+        ae = AE(ae_title="MOVESCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title)
+        assert assoc.is_established
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study.study_uid
+        final: Dataset | None = None
+        identifier: Dataset | None = None
+        try:
+            for status, ident in assoc.send_c_move(
+                query, "MOVEDEST", StudyRootQueryRetrieveInformationModelMove
+            ):
+                if "Status" in status and int(status.Status) not in (0xFF00, 0xFF01):
+                    final, identifier = status, ident
+            ended_at = time.monotonic()
+        finally:
+            if assoc.is_established:
+                assoc.release()
+    finally:
+        server.shutdown()
+        if not study.server.running:
+            study.server.start()
+    assert final is not None and killed_at
+    assert int(final.Status) == 0xB000, final
+    failed = failed_uid_list(identifier)
+    assert failed == [uid for uid in study.uids if uid not in set(received)], final
+    assert int(final.NumberOfCompletedSuboperations) == len(received)
+    assert int(final.NumberOfFailedSuboperations) == len(failed) == STUDY_SIZE - len(received)
+    assert re.match(rf"^\d+ failed: {re.escape(OUTAGE)}", str(final.ErrorComment)), final
+    assert len(_log_lines(bridge, r"WARNING .*unreachable: .*\(circuit open\)")) == 1
+    assert len(_log_lines(bridge, r"WARNING .*remaining sub-operation\(s\) failed")) == 1
+    print(
+        f"\n[outage/c-move] ended {ended_at - killed_at[0]:.2f} s after the kill; "
+        f"{len(received)} stored, {len(failed)} failed; comment {final.ErrorComment!r}"
     )
