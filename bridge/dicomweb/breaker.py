@@ -193,8 +193,8 @@ class CircuitBreaker:
         probing = self.state is State.HALF_OPEN and self._probe is request
         if outcome is Outcome.REACHABLE:
             self._failing.clear()
-            if probing or self.state is State.OPEN:
-                self._close()
+            if self.state is not State.CLOSED:
+                self._close()  # the probe, or a request begun before the opening, got through
             return
         if outcome is Outcome.NEITHER:
             if probing:
