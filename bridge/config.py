@@ -124,6 +124,11 @@ class DicomwebConfig:
     # with jittered backoff (honouring Retry-After) until this many seconds have passed.
     retry_deadline: float = 30.0
     max_retries: int = 4
+    # Circuit breaker (bridge/dicomweb/breaker.py): after this many different requests
+    # in a row found the server unreachable (refused, timeout, 502/504), fail requests at
+    # once for breaker_cooldown seconds, then let one through as a probe (0 = off).
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 5.0
     # TLS: verification is on unless turned off; a CA bundle and a client certificate
     # (mutual TLS) may be given as PEM files.
     verify: bool = True
@@ -406,6 +411,8 @@ def _dicomweb(w: _Table, base: DicomwebConfig) -> DicomwebConfig:
         max_connections=w.int_("max_connections", base.max_connections, 1, 1000),
         retry_deadline=w.float_("retry_deadline", base.retry_deadline, -1.0),
         max_retries=w.int_("max_retries", base.max_retries, 0, 100),
+        breaker_threshold=w.int_("breaker_threshold", base.breaker_threshold, 0, 1000),
+        breaker_cooldown=w.float_("breaker_cooldown", base.breaker_cooldown),
         verify=w.bool_("verify", base.verify),
         ca_bundle=w.path("ca_bundle") or base.ca_bundle,
         client_cert=w.path("client_cert") or base.client_cert,

@@ -9,6 +9,8 @@
     │   └── InvalidIdentifier       missing/invalid level, keys that do not fit the level
     └── DicomwebError               anything that went wrong talking to the DICOMweb server
         ├── DicomwebUnavailable     connection refused, DNS failure, reset before an answer
+        │   └── DicomwebCircuitOpen the server was unreachable for several requests in a
+        │                           row: not asked at all (bridge/dicomweb/breaker.py)
         ├── DicomwebTLSError        the TLS handshake failed (certificate not trusted, ...)
         ├── DicomwebTimeout         no answer within the configured timeout
         ├── DicomwebHTTPError       the server answered with a 4xx/5xx status
@@ -61,6 +63,15 @@ class DicomwebError(BridgeError):
 
 class DicomwebUnavailable(DicomwebError):
     """The DICOMweb server could not be reached."""
+
+
+class DicomwebCircuitOpen(DicomwebUnavailable):
+    """Not even tried: the backend's circuit breaker is open after an outage."""
+
+    never_sent = True
+    # One fixed text for every request failed this way, so that a C-GET's ErrorComment
+    # counts them under one reason ("635 failed: <summary>").
+    summary = "DICOMweb server unreachable (circuit open)"
 
 
 class DicomwebTLSError(DicomwebError):

@@ -24,6 +24,7 @@ import httpx
 from dicomweb_client.uri import URI, URISuffix
 
 from bridge.config import DicomwebConfig
+from bridge.dicomweb.breaker import CircuitBreaker, Listener
 from bridge.dicomweb.multipart import MultipartDecoder, Part, boundary_from_content_type
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
@@ -200,6 +201,9 @@ def outcome_of(error: DicomwebError) -> str:
     return "error"
 
 
+_NO_RETRY = RetryPolicy(max_retries=0)
+
+
 def is_last_page(page: QidoPage, page_size: int) -> bool:
     """Whether paging stops after `page`: it came back short and the server hinted no more."""
     return not page.results or (len(page.results) < page_size and not page.more_hinted)
@@ -218,6 +222,7 @@ class DicomwebClient:
         backend: str = "default",
         observer: Observer | None = None,
         raw: RawGetter | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.http = http
         # The lean GET for WADO-RS bulk data (bridge/dicomweb/rawget.py), when usable.
@@ -227,6 +232,8 @@ class DicomwebClient:
         self.policy = policy or RetryPolicy()
         self.backend = backend
         self.observer = observer
+        # Every request, probe included, goes through it (off unless given one).
+        self.breaker = breaker or CircuitBreaker(threshold=0, backend=backend)
 
     async def _observed(self, kind: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run one HTTP exchange, reporting its outcome and duration to the observer."""
@@ -248,7 +255,11 @@ class DicomwebClient:
     async def _read(self, kind: str, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """An idempotent read, retried as RetryPolicy allows."""
         return await retrying(
-            lambda: self._observed(kind, attempt), self.policy, idempotent=True, what=what
+            lambda: self._observed(kind, attempt),
+            self.policy,
+            idempotent=True,
+            what=what,
+            breaker=self.breaker,
         )
 
     async def search(self, query: QidoQuery, *, offset: int, limit: int) -> QidoPage:
@@ -381,7 +392,11 @@ class DicomwebClient:
 
         # Not idempotent: retried only when no connection could be made at all.
         response = await retrying(
-            lambda: self._observed("stow", attempt), self.policy, idempotent=False, what="STOW-RS"
+            lambda: self._observed("stow", attempt),
+            self.policy,
+            idempotent=False,
+            what="STOW-RS",
+            breaker=self.breaker,
         )
         LOGGER.debug("STOW-RS %s -> %d", url, response.status_code)
         return parse_stow_response(
@@ -389,8 +404,18 @@ class DicomwebClient:
         )
 
     async def probe(self) -> str:
-        """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError."""
-        return await self._observed("probe", self._probe_once)
+        """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError.
+
+        Not retried. It passes the circuit breaker like any request: while the breaker
+        is open it fails at once, and after the cool-down it is the probe that closes it.
+        """
+        return await retrying(
+            lambda: self._observed("probe", self._probe_once),
+            _NO_RETRY,
+            idempotent=True,
+            what="probe",
+            breaker=self.breaker,
+        )
 
     async def _probe_once(self) -> str:
         url = f"{self.base_url}/studies?limit=1"
@@ -438,10 +463,17 @@ def make_client(
     observer: Observer | None = None,
     auth: httpx.Auth | None = None,
     fast_http: bool = True,
+    breaker_listener: Listener | None = None,
 ) -> DicomwebClient:
     """A DicomwebClient for one configured backend. Call it on the event loop's thread;
     build `auth` (``build_auth``) before, since it may block or raise ConfigError."""
     policy = RetryPolicy(deadline=config.retry_deadline, max_retries=config.max_retries)
+    breaker = CircuitBreaker(
+        config.breaker_threshold,
+        config.breaker_cooldown,
+        backend=backend,
+        listener=breaker_listener,
+    )
     raw = None
     # httpx honours HTTP(S)_PROXY from the environment; the lean client does not, so it
     # stands aside whenever a proxy is configured, as it does for authentication.
@@ -470,6 +502,7 @@ def make_client(
         backend=backend,
         observer=observer,
         raw=raw,
+        breaker=breaker,
     )
 
 

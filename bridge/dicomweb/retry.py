@@ -7,6 +7,10 @@ per-request deadline. STOW-RS is retried only when
 the request provably never reached the server (the connection could not be opened).
 A 401/403, a 4xx, a 500 or a timeout is not retried: retrying would not change it, or
 the timeout already used the time a retry would need.
+
+Each attempt first asks the backend's circuit breaker (``bridge.dicomweb.breaker``):
+while it is open no attempt is made, and a loop waiting for its next attempt gives up
+as soon as it opens, with ``DicomwebCircuitOpen``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from bridge.dicomweb.breaker import CircuitBreaker
 from bridge.errors import (
+    DicomwebCircuitOpen,
     DicomwebError,
     DicomwebHTTPError,
     DicomwebProtocolError,
@@ -56,6 +62,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def is_retryable(error: DicomwebError, *, idempotent: bool) -> bool:
+    if isinstance(error, DicomwebCircuitOpen):
+        return False
     if not idempotent:
         return error.never_sent
     if isinstance(error, DicomwebHTTPError):
@@ -82,21 +90,44 @@ async def retrying(
     idempotent: bool,
     what: str,
     rng: random.Random | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> T:
-    """Run `attempt` until it succeeds, fails for good, or the deadline/attempts run out."""
+    """Run `attempt` until it succeeds, fails for good, the deadline/attempts run out,
+    or `breaker` opens (then DicomwebCircuitOpen, chained to the last failure)."""
     rng = rng or random.Random()
     started = time.monotonic()
     tries = 0
-    while True:
-        try:
-            return await attempt()
-        except DicomwebError as exc:
-            tries += 1
-            if tries > policy.max_retries or not is_retryable(exc, idempotent=idempotent):
-                raise
-            retry_after = exc.retry_after if isinstance(exc, DicomwebHTTPError) else None
-            delay = backoff(tries, policy, retry_after, rng)
-            if time.monotonic() - started + delay > policy.deadline:
-                raise
-            LOGGER.info("%s failed (%s); retry %d in %.2f s", what, exc, tries, delay)
-            await asyncio.sleep(delay)
+    request = object()  # this request, for the breaker: its retries count once
+    try:
+        while True:
+            if breaker is not None:
+                breaker.before(request)
+            try:
+                result = await attempt()
+            except DicomwebError as exc:
+                if breaker is not None:
+                    breaker.record(request, exc)
+                tries += 1
+                if tries > policy.max_retries or not is_retryable(exc, idempotent=idempotent):
+                    raise
+                retry_after = exc.retry_after if isinstance(exc, DicomwebHTTPError) else None
+                delay = backoff(tries, policy, retry_after, rng)
+                if time.monotonic() - started + delay > policy.deadline:
+                    raise
+                if breaker is not None and breaker.is_open:
+                    raise breaker.error() from exc
+                LOGGER.info("%s failed (%s); retry %d in %.2f s", what, exc, tries, delay)
+                if breaker is None:
+                    await asyncio.sleep(delay)
+                elif await breaker.wait_opened(delay):
+                    raise breaker.error() from exc
+            else:
+                if breaker is not None:
+                    breaker.record(request, None)
+                return result
+    except BaseException:
+        # Cancelled, or an error that is not the server's: if this was the breaker's
+        # probe, the next request probes instead.
+        if breaker is not None:
+            breaker.abandon(request)
+        raise

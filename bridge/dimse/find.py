@@ -12,7 +12,12 @@ from pynetdicom.dsutils import encode
 from bridge.aio import Cancelled
 from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext, CancelWatch
-from bridge.errors import BridgeError, DicomwebProtocolError, InvalidIdentifier
+from bridge.errors import (
+    BridgeError,
+    DicomwebCircuitOpen,
+    DicomwebProtocolError,
+    InvalidIdentifier,
+)
 from bridge.models import InformationModel, QueryLevel
 from bridge.translate.query import (
     FindPlan,
@@ -73,6 +78,10 @@ def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
         yield from _answer(plan, ctx, cancelled)
     except Cancelled:
         yield CANCEL, None
+    except DicomwebCircuitOpen as exc:
+        # Answered at once, without asking the server; the breaker logged the outage.
+        LOGGER.info("C-FIND failed: %s", exc)
+        yield status_dataset(OUT_OF_RESOURCES, exc.summary), None
     except BridgeError as exc:
         LOGGER.warning("C-FIND failed: %s", exc)
         yield find_failure(exc), None

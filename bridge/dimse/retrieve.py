@@ -28,6 +28,7 @@ from bridge.dimse.fastsend import EncodedInstance, Part10Error
 from bridge.dimse.find import decode_identifier
 from bridge.errors import (
     BridgeError,
+    DicomwebCircuitOpen,
     DicomwebError,
     DicomwebHTTPError,
     DicomwebProtocolError,
@@ -123,6 +124,10 @@ def find_instances(
         return plan, list_instances(plan, ctx, cancelled)
     except Cancelled:
         return status_dataset(CANCEL)
+    except DicomwebCircuitOpen as exc:
+        # The breaker logged the outage once (WARNING); this is one request of many.
+        LOGGER.info("%s from %s: cannot list instances: %s", service, peer, exc)
+        return status_dataset(OUT_OF_RESOURCES_MATCHES, exc.summary)
     except BridgeError as exc:
         LOGGER.warning("%s from %s: cannot list instances: %s", service, peer, exc)
         return status_dataset(OUT_OF_RESOURCES_MATCHES, describe(exc))
@@ -161,6 +166,8 @@ class SubOp:
     dataset: Dataset | None = None
     error: str | None = None
     size: int = 0
+    # The backend's circuit breaker is open: nothing more can be fetched from it.
+    outage: bool = False
 
 
 class InstanceSource:
@@ -216,7 +223,8 @@ class InstanceSource:
                 fetched = handle.take(index, self.cancelled)
                 try:
                     if fetched.error is not None:
-                        yield SubOp(ref, error=_reason(fetched.error))
+                        outage = isinstance(fetched.error, DicomwebCircuitOpen)
+                        yield SubOp(ref, error=_reason(fetched.error), outage=outage)
                     else:
                         assert fetched.value is not None
                         yield self._prepare(ref, fetched.value)
@@ -392,6 +400,8 @@ class InstanceSource:
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, DicomwebCircuitOpen):
+        return error.summary  # one text for all: counted once in the ErrorComment
     if isinstance(error, BridgeError):
         return describe(error)
     return f"{type(error).__name__}: {error}"

@@ -23,6 +23,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from bridge.aio import LoopThread
 from bridge.config import Config, TlsListenerConfig
 from bridge.dicomweb.auth import build_auth
+from bridge.dicomweb.breaker import State
 from bridge.dicomweb.client import DicomwebClient, make_client
 from bridge.dimse import sop
 from bridge.dimse.commitment import handle_action
@@ -292,6 +293,10 @@ async def _make_clients(
 ) -> dict[str, DicomwebClient]:
     # Created on the loop thread: each client's connection pool belongs to that loop.
     observer = metrics.http_request
+
+    def on_breaker(backend: str, state: State) -> None:
+        metrics.circuit_state(backend, state.value)
+
     clients = {
         "default": make_client(
             config.dicomweb,
@@ -299,6 +304,7 @@ async def _make_clients(
             observer=observer,
             auth=auths["default"],
             fast_http=config.retrieve.fast_http,
+            breaker_listener=on_breaker,
         )
     }
     for backend in config.backends:
@@ -308,6 +314,7 @@ async def _make_clients(
             observer=observer,
             auth=auths[backend.name],
             fast_http=config.retrieve.fast_http,
+            breaker_listener=on_breaker,
         )
     return clients
 

@@ -183,6 +183,21 @@ def _run(
                     LOGGER.warning("%s: association to %s lost", service, peer)
                     break
                 done += 1
+                if subop.outage:
+                    # The DICOMweb server is unreachable (circuit open): fail this and
+                    # every remaining sub-operation now, in one line, fetching nothing.
+                    remaining = [ref.sop_instance_uid for ref in refs[done - 1 :]]
+                    tally.record_failures(remaining, subop.error or "DICOMweb server unreachable")
+                    LOGGER.warning(
+                        "%s for %s: %s; %d remaining sub-operation(s) failed",
+                        service,
+                        peer,
+                        subop.error,
+                        len(remaining),
+                    )
+                    done = len(refs)
+                    progress.update(done, tally.bytes_sent, len(tally.failed), force=True)
+                    break
                 if subop.dataset is None:
                     LOGGER.warning(
                         "%s sub-operation %s failed: %s",
@@ -192,12 +207,13 @@ def _run(
                     )
                     tally.record_failure(subop.ref.sop_instance_uid, subop.error or "failed")
                     yield PENDING, FailedSubOp(subop.ref.sop_instance_uid)
+                    progress.update(done, tally.bytes_sent, len(tally.failed))
                     continue
                 yield PENDING, subop.dataset
                 before = tally.bytes_sent
                 tally.record_store(subop.ref, outcomes.last, subop.size)
                 ctx.metrics.bytes_transferred(service, "out", tally.bytes_sent - before)
-                progress.update(done, tally.bytes_sent)
+                progress.update(done, tally.bytes_sent, len(tally.failed))
         except Cancelled:
             unsent = [ref.sop_instance_uid for ref in refs[done:]]
             tally.log(service, peer, CANCEL)

@@ -100,9 +100,10 @@ def setup_logging(level: str, fmt: str) -> None:
 class Progress:
     """Progress lines of a long transfer, at most one per `interval_s` seconds.
 
-    ``update(done, nbytes)`` after each instance costs one clock read and a comparison
-    until a line is due; the line gives the rate over the interval since the previous
-    line (the current throughput, not the average). No line is written before the first
+    ``update(done, nbytes, failed)`` after each instance (sent or failed) costs one clock
+    read and a comparison until a line is due; the line counts the failed instances too,
+    and gives the rate over the interval since the previous line (the current
+    throughput, not the average). No line is written before the first
     interval has passed, so short transfers log only their summary. One Progress per
     transfer, used from one thread.
     """
@@ -127,19 +128,22 @@ class Progress:
         self._last_bytes = 0
         self._due = self._last_t + interval_s
 
-    def update(self, done: int, nbytes: int) -> None:
-        """`done` instances and `nbytes` bytes transferred so far (cumulative)."""
+    def update(self, done: int, nbytes: int, failed: int = 0, *, force: bool = False) -> None:
+        """`done` instances dealt with, `failed` of them failed, and `nbytes` bytes
+        transferred so far (cumulative); `force` writes the line even if none is due (a
+        jump such as an outage failing every remaining instance at once)."""
         now = self._clock()
-        if now < self._due:
+        if now < self._due and not force:
             return
         elapsed = now - self._last_t
         rate_mb_s = (nbytes - self._last_bytes) / elapsed / 1e6 if elapsed > 0 else 0.0
         self.logger.info(
-            "%s to %s: %d/%d instances, %.1f MB, %.1f MB/s",
+            "%s to %s: %d/%d instances, %d failed, %.1f MB, %.1f MB/s",
             self.service,
             self.peer,
             done,
             self.total,
+            failed,
             nbytes / 1e6,
             rate_mb_s,
             extra={
@@ -148,6 +152,7 @@ class Progress:
                     "peer": self.peer,
                     "done": done,
                     "total": self.total,
+                    "failed": failed,
                     "bytes": nbytes,
                     "rate_mb_s": round(rate_mb_s, 3),
                 }

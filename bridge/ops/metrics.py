@@ -137,6 +137,19 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        self._circuit_openings = Counter(
+            "dimse_bridge_dicomweb_circuit_openings_total",
+            "Outages: times a DICOMweb backend's circuit breaker opened (closed to open).",
+            ["backend"],
+            registry=r,
+        )
+        self._circuit_open = Gauge(
+            "dimse_bridge_dicomweb_circuit_open",
+            "1 while a DICOMweb backend's circuit breaker is open or half-open, else 0.",
+            ["backend"],
+            registry=r,
+        )
+        self._circuit_states: dict[str, str] = {}
         self._cancels = Counter(
             "dimse_bridge_cancels_total",
             "C-CANCEL requests received, by the service they cancel.",
@@ -203,6 +216,14 @@ class Metrics:
         """One HTTP request to DICOMweb `backend` ended with `outcome` after `seconds`."""
         self._http.labels(backend, kind, outcome).inc()
         self._http_seconds.labels(backend, kind).observe(max(0.0, seconds))
+
+    def circuit_state(self, backend: str, state: str) -> None:
+        """`backend`'s circuit breaker went to `state` (closed, open, half_open)."""
+        previous = self._circuit_states.get(backend, "closed")
+        self._circuit_states[backend] = state
+        if state == "open" and previous == "closed":
+            self._circuit_openings.labels(backend).inc()
+        self._circuit_open.labels(backend).set(0 if state == "closed" else 1)
 
     # --- exposition ---------------------------------------------------------------------
 

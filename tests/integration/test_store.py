@@ -478,7 +478,8 @@ def test_concurrent_associations_all_stored(side: StoreSide) -> None:
 def test_orthanc_stopped_every_store_fails_and_bridge_stays_up(side: StoreSide) -> None:
     """With Orthanc stopped: storescu gets a failure status for every file, a pynetdicom
     SCU gets 0xA700 with an ErrorComment, the bridge still answers C-ECHO, and after
-    Orthanc is back none of those instances is there."""
+    Orthanc is back none of those instances is there, and the bridge stores again (after
+    the circuit breaker's cool-down)."""
     datasets = generated("down", 4)
     paths = write(datasets[:3], side.workdir / "down")
     server = side.server
@@ -502,8 +503,17 @@ def test_orthanc_stopped_every_store_fails_and_bridge_stays_up(side: StoreSide) 
         server.start()
     for ds in datasets:
         assert not orthanc_has(server, ds.SOPInstanceUID), ds.SOPInstanceUID
-    # ...and once Orthanc is back the same bridge stores again.
-    (again,) = c_store(side.direct, datasets[:1])
+    # ...and once Orthanc is back the same bridge stores again: at once, or, if the
+    # refused STOW-RS requests opened its circuit breaker, once the breaker's cool-down
+    # (dicomweb.breaker_cooldown, 5 s) lets a probe through. Until then a C-STORE fails
+    # at once, without asking the server.
+    deadline = time.monotonic() + 5.0 + 5.0
+    while True:
+        (again,) = c_store(side.direct, datasets[:1])
+        if again.status == SUCCESS or time.monotonic() > deadline:
+            break
+        assert again.status == OUT_OF_RESOURCES, again.response
+        time.sleep(0.5)
     assert again.status == SUCCESS, again.response
     assert orthanc_has(server, datasets[0].SOPInstanceUID)
 

@@ -175,6 +175,23 @@ def test_peer_lookup_ignores_padding() -> None:
     assert Config().peer("STORESCP") is None
 
 
+def test_breaker_keys_and_backends_inherit_them() -> None:
+    config = parse_config(
+        {
+            "dicomweb": {"breaker_threshold": 10, "breaker_cooldown": 2},
+            "backends": {
+                "cloud": {"ae_title": "CLOUD", "url": "http://cloud/dicom-web"},
+                "off": {"ae_title": "OFF", "url": "http://off/dicom-web", "breaker_threshold": 0},
+            },
+        }
+    )
+    assert (config.dicomweb.breaker_threshold, config.dicomweb.breaker_cooldown) == (10, 2.0)
+    cloud, off = config.backends
+    assert (cloud.dicomweb.breaker_threshold, cloud.dicomweb.breaker_cooldown) == (10, 2.0)
+    assert (off.dicomweb.breaker_threshold, off.dicomweb.breaker_cooldown) == (0, 2.0)
+    assert DicomwebConfig().breaker_threshold == 3 and DicomwebConfig().breaker_cooldown == 5.0
+
+
 # --- invalid configs ------------------------------------------------------------------
 
 INVALID = [
@@ -336,6 +353,18 @@ INVALID = [
         "peers[1].ae_title",
         "expected a unique AE title, 'A' repeats",
         id="peer-duplicate",
+    ),
+    pytest.param(
+        "[dicomweb]\nbreaker_threshold = -1\n",
+        "dicomweb.breaker_threshold",
+        "expected an integer between 0 and 1000, got -1",
+        id="breaker-threshold-negative",
+    ),
+    pytest.param(
+        "[dicomweb]\nbreaker_cooldown = 0\n",
+        "dicomweb.breaker_cooldown",
+        "expected a number greater than 0.0",
+        id="breaker-cooldown-zero",
     ),
     pytest.param(
         "[[peers]]\nae_title = 'STORESCP'\nport = 104\n",

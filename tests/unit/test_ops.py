@@ -46,6 +46,20 @@ def test_each_metrics_has_its_own_registry() -> None:
     assert _value(b, "dimse_bridge_associations_active") == 0
 
 
+def test_circuit_breaker_metrics_count_outages_not_probes() -> None:
+    m = Metrics()
+    # One outage with a failed probe, then recovery, then a second outage.
+    for state in ("open", "half_open", "open", "half_open", "closed", "open"):
+        m.circuit_state("pacs", state)
+    name = "dimse_bridge_dicomweb_circuit_openings_total"
+    assert _value(m, name, backend="pacs") == 2
+    assert _value(m, "dimse_bridge_dicomweb_circuit_open", backend="pacs") == 1
+    m.circuit_state("pacs", "half_open")
+    m.circuit_state("pacs", "closed")
+    assert _value(m, "dimse_bridge_dicomweb_circuit_open", backend="pacs") == 0
+    assert _value(m, name, backend="other") == 0
+
+
 def test_association_metrics() -> None:
     m = Metrics()
     assert _value(m, "dimse_bridge_associations_total", outcome="rejected") == 0
@@ -739,7 +753,7 @@ def test_progress_rate_limited(progress_log: tuple[logging.Logger, _ListHandler]
     progress.update(150, 75_000_000)
     assert len(handler.records) == 1
     assert handler.records[0].getMessage() == (
-        "C-GET to WORKSTATION: 150/1000 instances, 75.0 MB, 7.5 MB/s"
+        "C-GET to WORKSTATION: 150/1000 instances, 0 failed, 75.0 MB, 7.5 MB/s"
     )
     fields = getattr(handler.records[0], "fields")  # noqa: B009 - set through `extra`
     assert fields["done"] == 150 and fields["total"] == 1000
@@ -752,5 +766,25 @@ def test_progress_rate_limited(progress_log: tuple[logging.Logger, _ListHandler]
     assert len(handler.records) == 2
     # The rate is over the last interval: 123 MB in 10 s.
     assert handler.records[1].getMessage() == (
-        "C-GET to WORKSTATION: 300/1000 instances, 198.0 MB, 12.3 MB/s"
+        "C-GET to WORKSTATION: 300/1000 instances, 0 failed, 198.0 MB, 12.3 MB/s"
     )
+
+
+def test_progress_counts_failed_instances(
+    progress_log: tuple[logging.Logger, _ListHandler],
+) -> None:
+    """Failed sub-operations move the count on and are shown as failed."""
+    logger, handler = progress_log
+    clock = _Clock(0.0)
+    progress = Progress("C-GET", "WORKSTATION", 1000, 10.0, logger, clock=clock)
+    clock.now = 10.0
+    progress.update(400, 50_000_000, 150)
+    assert handler.records[0].getMessage() == (
+        "C-GET to WORKSTATION: 400/1000 instances, 150 failed, 50.0 MB, 5.0 MB/s"
+    )
+    fields = getattr(handler.records[0], "fields")  # noqa: B009 - set through `extra`
+    assert (fields["done"], fields["failed"]) == (400, 150)
+    clock.now = 10.5  # no line due for 9.5 s, but an outage fails the rest at once
+    progress.update(1000, 50_000_000, 750, force=True)
+    last = handler.records[-1].getMessage()
+    assert last.startswith("C-GET to WORKSTATION: 1000/1000 instances, 750 failed, ")
