@@ -38,9 +38,14 @@ from bridge.dicomweb.auth import (
 )
 from bridge.dicomweb.auth.aws import UNSIGNED_PAYLOAD
 from bridge.dicomweb.auth.oauth2 import DEFAULT_TOKEN_LIFETIME_S
-from bridge.errors import ConfigError, DicomwebHTTPError, DicomwebProtocolError
-from tests.faults.authproxy import verify_sigv4
-from tests.integration.tools import missing_prerequisite
+from bridge.errors import (
+    ConfigError,
+    DicomwebHTTPError,
+    DicomwebProtocolError,
+    DicomwebUnavailable,
+)
+from tests.faults.authproxy import AuthProxy, verify_sigv4
+from tests.integration.tools import free_port, missing_prerequisite
 
 API = "https://pacs.example/dicom-web/studies"
 TOKEN_URL = "https://idp.example/realms/r/token"
@@ -627,58 +632,67 @@ def _rsa_key_pem() -> tuple[str, str]:
     return private, public
 
 
-def test_google_service_account_over_the_httpx_transport(tmp_path: Path) -> None:
-    """A real service-account file: google-auth signs a JWT, our httpx adapter posts it."""
+def _service_account_file(path: Path, email: str, private_key: str, token_uri: str) -> Path:
+    info = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "k1",
+        "private_key": private_key,
+        "client_email": email,
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
+    return _write(path, json.dumps(info))
+
+
+def test_google_service_account_over_google_auths_transport(tmp_path: Path) -> None:
+    """A real service-account file: google-auth signs a JWT and posts it through its own
+    requests transport to a token endpoint on loopback, which verifies it."""
     need("google.auth", "google")
-    from google.auth import jwt
-
     private, public = _rsa_key_pem()
-    token_uri = "https://oauth2.test/token"
-    path = tmp_path / "sa.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "p",
-                "private_key_id": "k1",
-                "private_key": private,
-                "client_email": "bridge@p.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": token_uri,
-            }
-        ),
-        encoding="utf-8",
-    )
-    grants: list[dict[str, Any]] = []
+    email = "bridge@p.iam.gserviceaccount.com"
+    with AuthProxy(google_keys={email: public}) as idp:
+        path = _service_account_file(tmp_path / "sa.json", email, private, idp.token_url)
+        auth = GoogleAuth(str(path), ("https://www.googleapis.com/auth/cloud-healthcare",))
+        seen: list[httpx.Request] = []
 
-    def idp(request: httpx.Request) -> httpx.Response:
-        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
-        # google-auth always addresses the assertion to Google's endpoint, whatever
-        # token_uri says.
-        claims = jwt.decode(
-            form["assertion"], certs=public, audience="https://oauth2.googleapis.com/token"
+        async def scenario() -> None:
+            async with _async_echo_client(auth, seen) as client:
+                await client.get(API)
+                await client.get(API)
+
+        _run(scenario())
+    # The proxy checked the assertion's signature, audience and expiry before issuing.
+    assert [(i.grant, i.subject, i.scope) for i in idp.issued] == [
+        (
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            email,
+            "https://www.googleapis.com/auth/cloud-healthcare",
         )
-        grants.append({"grant_type": form["grant_type"], **claims})
-        return httpx.Response(200, json={"access_token": "ya29.test", "expires_in": 3600})
+    ]
+    assert [r.headers["authorization"] for r in seen] == [f"Bearer {idp.issued[0].token}"] * 2
 
-    auth = GoogleAuth(
-        str(path),
-        ("https://www.googleapis.com/auth/cloud-healthcare",),
-        transport=httpx.MockTransport(idp),
+
+def test_google_token_endpoint_unreachable(tmp_path: Path) -> None:
+    """google-auth's transport failure is the bridge's DicomwebUnavailable, marked as never
+    sent (the DICOMweb request did not go out), and the request is not sent."""
+    need("google.auth", "google")
+    private, _public = _rsa_key_pem()
+    token_uri = f"http://127.0.0.1:{free_port()}/token"  # nothing listens there
+    path = _service_account_file(
+        tmp_path / "sa.json", "b@p.iam.gserviceaccount.com", private, token_uri
     )
     seen: list[httpx.Request] = []
 
     async def scenario() -> None:
-        async with _async_echo_client(auth, seen) as client:
-            await client.get(API)
+        async with _async_echo_client(GoogleAuth(str(path)), seen) as client:
             await client.get(API)
 
-    _run(scenario())
-    assert [r.headers["authorization"] for r in seen] == ["Bearer ya29.test"] * 2
-    assert len(grants) == 1
-    assert grants[0]["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
-    assert grants[0]["iss"] == "bridge@p.iam.gserviceaccount.com"
-    assert grants[0]["scope"] == "https://www.googleapis.com/auth/cloud-healthcare"
+    with pytest.raises(DicomwebUnavailable) as info:
+        _run(scenario())
+    assert info.value.never_sent and token_uri in str(info.value)
+    assert "BEGIN PRIVATE KEY" not in str(info.value)
+    assert seen == []
 
 
 def test_google_bad_credentials_file(tmp_path: Path) -> None:

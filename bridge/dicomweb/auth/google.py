@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import threading
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,65 +28,17 @@ LOGGER = logging.getLogger(__name__)
 GOOGLE_DEFAULT_SCOPES: tuple[str, ...] = AuthConfig.scopes
 
 
-class _GoogleResponse:
-    """``google.auth.transport.Response`` (status, headers, data) over an httpx answer."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self.status = response.status_code
-        self.headers = dict(response.headers)
-        self.data = response.content
-
-
-class _GoogleTransport:
-    """A ``google.auth.transport.Request`` over a synchronous httpx client.
-
-    google-auth's own transports need ``requests`` or ``urllib3`` (its ``_http_client``
-    one is private and meant for tests); httpx is already a dependency. Duck-typed rather
-    than a subclass: google-auth only calls it. A client per call: refreshes are rare
-    (about hourly) and this runs in worker threads, so nothing to share or close.
-    """
-
-    def __init__(
-        self,
-        exceptions: Any,
-        verify: ssl.SSLContext | bool = True,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._exceptions = exceptions
-        self._verify = verify
-        self._transport = transport
-
-    def __call__(
-        self,
-        url: str,
-        method: str = "GET",
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> _GoogleResponse:
-        try:
-            with httpx.Client(
-                verify=self._verify,
-                transport=self._transport,
-                timeout=timeout if timeout is not None else 30.0,
-                follow_redirects=False,
-            ) as client:
-                response = client.request(method, url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise self._exceptions.TransportError(_short(exc)) from exc
-        return _GoogleResponse(response)
-
-
 class GoogleAuth(AsyncOnlyAuth):
     """Google credentials (Cloud Healthcare API): a service-account file, else Application
     Default Credentials; ``Authorization: Bearer`` from them, refreshed when not valid.
 
-    google-auth refreshes synchronously (an HTTP call): the async flow runs it in a worker
-    thread (``asyncio.to_thread``) so the event loop keeps serving other requests, behind
-    an asyncio lock so that concurrent requests start one refresh, not one each; the
-    thread also holds a threading lock, since a cancelled waiter may leave its thread
-    running. On a 401 the token is refreshed and the request retried once.
+    google-auth refreshes synchronously, an HTTP call through its own requests transport
+    (``google.auth.transport.requests.Request``, which its credential types expect): the
+    async flow runs it in a worker thread (``asyncio.to_thread``) so the event loop keeps
+    serving other requests, behind an asyncio lock so that concurrent requests start one
+    refresh, not one each; the thread also holds a threading lock, since a cancelled
+    waiter may leave its thread running. On a 401 the token is refreshed and the request
+    retried once.
     """
 
     def __init__(
@@ -96,17 +47,16 @@ class GoogleAuth(AsyncOnlyAuth):
         scopes: Sequence[str] = GOOGLE_DEFAULT_SCOPES,
         *,
         credentials: Any = None,
-        verify: ssl.SSLContext | bool = True,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
-        """`credentials`: a google.auth credentials object to use instead of loading one;
-        `verify`/`transport`: for the token endpoint's HTTP client (tests)."""
+        """`credentials`: a google.auth credentials object to use instead of loading one."""
         exceptions = _import_extra("google.auth.exceptions", "google", "google-auth")
         self._exceptions = exceptions
+        transport = _import_extra("google.auth.transport.requests", "google", "requests")
         if credentials is None:
             credentials = _load_google_credentials(credentials_file, tuple(scopes), exceptions)
         self.credentials = credentials
-        self._request = _GoogleTransport(exceptions, verify, transport)
+        # One session for the token endpoint; refreshes (about hourly) take turns on it.
+        self._request = transport.Request()
         self._lock = asyncio.Lock()
         self._thread_lock = threading.Lock()
         self._refused: str | None = None  # a token the server answered 401 to
