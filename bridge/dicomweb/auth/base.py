@@ -38,6 +38,10 @@ class AsyncOnlyAuth(httpx.Auth):
         )
 
 
+# The underscored helpers below are for the modules of this package only (not exported
+# by bridge.dicomweb.auth); their names are those the single auth.py module used.
+
+
 def _body_or_none(request: httpx.Request) -> bytes | None:
     """The request body if it is in memory, None for a streamed (not yet read) one."""
     try:
