@@ -26,9 +26,7 @@ import httpx
 import pytest
 
 from bridge.config import AuthConfig, Secret
-from bridge.dicomweb import auth as auth_module
 from bridge.dicomweb.auth import (
-    UNSIGNED_PAYLOAD,
     AwsSigV4Auth,
     BearerAuth,
     GoogleAuth,
@@ -38,9 +36,16 @@ from bridge.dicomweb.auth import (
     build_auth,
     read_secret,
 )
-from bridge.errors import ConfigError, DicomwebHTTPError, DicomwebProtocolError
-from tests.faults.authproxy import verify_sigv4
-from tests.integration.tools import missing_prerequisite
+from bridge.dicomweb.auth.aws import UNSIGNED_PAYLOAD
+from bridge.dicomweb.auth.oauth2 import DEFAULT_TOKEN_LIFETIME_S
+from bridge.errors import (
+    ConfigError,
+    DicomwebHTTPError,
+    DicomwebProtocolError,
+    DicomwebUnavailable,
+)
+from tests.faults.authproxy import AuthProxy, verify_sigv4
+from tests.integration.tools import free_port, missing_prerequisite
 
 API = "https://pacs.example/dicom-web/studies"
 TOKEN_URL = "https://idp.example/realms/r/token"
@@ -132,6 +137,14 @@ def _echo_client(auth: httpx.Auth, seen: list[httpx.Request]) -> httpx.Client:
         return httpx.Response(200, json=[])
 
     return httpx.Client(transport=httpx.MockTransport(handler), auth=auth)
+
+
+def _async_echo_client(auth: httpx.Auth, seen: list[httpx.Request]) -> httpx.AsyncClient:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=[])
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), auth=auth)
 
 
 def test_basic_auth_reads_the_rotated_password(tmp_path: Path) -> None:
@@ -227,11 +240,6 @@ class TokenServer:
             return httpx.Response(401)
         return httpx.Response(200, json=[])
 
-    def sync_handler(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/token"):
-            return self._token(request)
-        return self._api(request)
-
     async def async_handler(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/token"):
             self._in_flight += 1
@@ -278,9 +286,14 @@ def _run(coro: Any) -> Any:
 def test_oauth2_token_request_form_and_caching() -> None:
     server = TokenServer()
     auth = _oauth(FakeClock())
-    with httpx.Client(transport=httpx.MockTransport(server.sync_handler), auth=auth) as client:
-        for _ in range(3):
-            assert client.get(API).status_code == 200
+
+    async def scenario() -> None:
+        transport = httpx.MockTransport(server.async_handler)
+        async with httpx.AsyncClient(transport=transport, auth=auth) as client:
+            for _ in range(3):
+                assert (await client.get(API)).status_code == 200
+
+    _run(scenario())
     assert server.token_hits == 1 and server.api_hits == 3
     assert server.forms[0] == {
         "grant_type": ["client_credentials"],
@@ -319,14 +332,19 @@ def test_oauth2_without_expires_in_assumes_a_default_lifetime() -> None:
     clock = FakeClock()
     server = TokenServer(expires_in=None)
     auth = _oauth(clock)
-    with httpx.Client(transport=httpx.MockTransport(server.sync_handler), auth=auth) as client:
-        client.get(API)
-        clock.now += auth_module.DEFAULT_TOKEN_LIFETIME_S - 31
-        client.get(API)
-        assert server.token_hits == 1
-        clock.now += 2
-        client.get(API)
-        assert server.token_hits == 2
+
+    async def scenario() -> None:
+        transport = httpx.MockTransport(server.async_handler)
+        async with httpx.AsyncClient(transport=transport, auth=auth) as client:
+            await client.get(API)
+            clock.now += DEFAULT_TOKEN_LIFETIME_S - 31
+            await client.get(API)
+            assert server.token_hits == 1
+            clock.now += 2
+            await client.get(API)
+            assert server.token_hits == 2
+
+    _run(scenario())
 
 
 def test_oauth2_single_flight_with_20_concurrent_requests() -> None:
@@ -371,42 +389,42 @@ def test_oauth2_single_flight_when_due_for_refresh() -> None:
     assert server.token_hits == 2 and server.max_in_flight == 1
 
 
-def test_oauth2_single_flight_sync_threads() -> None:
-    server = TokenServer()
-    gate = threading.Barrier(10)
-    original = server._token
+def test_a_sync_client_is_refused_before_anything_is_sent() -> None:
+    """The flows that await serve an AsyncClient only: a sync client gets a TypeError,
+    not a request sent without credentials."""
+    need("google.auth", "google")
+    sent: list[httpx.Request] = []
 
-    def slow_token(request: httpx.Request) -> httpx.Response:
-        threading.Event().wait(0.05)  # the others arrive while this one is fetching
-        return original(request)
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200)
 
-    server._token = slow_token  # type: ignore[method-assign]
-    statuses: list[int] = []
-    with httpx.Client(transport=httpx.MockTransport(server.sync_handler), auth=_oauth()) as client:
-
-        def worker() -> None:
-            gate.wait()
-            statuses.append(client.get(API).status_code)
-
-        threads = [threading.Thread(target=worker) for _ in range(10)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(10)
-    assert statuses == [200] * 10 and server.token_hits == 1
+    auths: list[httpx.Auth] = [_oauth(), GoogleAuth(credentials=FakeGoogleCredentials())]
+    for auth in auths:
+        with (
+            httpx.Client(transport=httpx.MockTransport(handler), auth=auth) as client,
+            pytest.raises(TypeError, match="AsyncClient"),
+        ):
+            client.get(API)
+    assert sent == []
 
 
 def test_oauth2_401_refreshes_once_and_retries_once() -> None:
     server = TokenServer()
     auth = _oauth(FakeClock())
-    with httpx.Client(transport=httpx.MockTransport(server.sync_handler), auth=auth) as client:
-        assert client.get(API).status_code == 200
-        server.valid = set()  # revoked at the server before its expiry
-        response = client.post(API, content=b"payload")
-        assert response.status_code == 200
-        assert server.token_hits == 2 and server.api_hits == 3
-        assert client.get(API).status_code == 200
-        assert server.token_hits == 2
+
+    async def scenario() -> None:
+        transport = httpx.MockTransport(server.async_handler)
+        async with httpx.AsyncClient(transport=transport, auth=auth) as client:
+            assert (await client.get(API)).status_code == 200
+            server.valid = set()  # revoked at the server before its expiry
+            response = await client.post(API, content=b"payload")
+            assert response.status_code == 200
+            assert server.token_hits == 2 and server.api_hits == 3
+            assert (await client.get(API)).status_code == 200
+            assert server.token_hits == 2
+
+    _run(scenario())
 
 
 def test_oauth2_second_401_is_returned() -> None:
@@ -448,11 +466,14 @@ def test_oauth2_refused_client_credentials() -> None:
     server = TokenServer()
     server.token_status = 401
     auth = _oauth()
-    with (
-        httpx.Client(transport=httpx.MockTransport(server.sync_handler), auth=auth) as client,
-        pytest.raises(TokenEndpointError) as info,
-    ):
-        client.get(API)
+
+    async def get() -> None:
+        transport = httpx.MockTransport(server.async_handler)
+        async with httpx.AsyncClient(transport=transport, auth=auth) as client:
+            await client.get(API)
+
+    with pytest.raises(TokenEndpointError) as info:
+        _run(get())
     error = info.value
     assert isinstance(error, DicomwebHTTPError) and error.status_code == 401
     assert "invalid_client" in str(error) and TOKEN_URL in str(error)
@@ -460,24 +481,23 @@ def test_oauth2_refused_client_credentials() -> None:
     assert server.api_hits == 0 and not error.never_sent  # a refusal is not retried
 
     server.token_status = 503
-    with (
-        httpx.Client(transport=httpx.MockTransport(server.sync_handler), auth=auth) as client,
-        pytest.raises(TokenEndpointError) as info,
-    ):
-        client.get(API)
+    with pytest.raises(TokenEndpointError) as info:
+        _run(get())
     assert info.value.status_code == 503
     assert info.value.never_sent  # transient, and the DICOMweb request never went out
 
 
 def test_oauth2_answer_without_a_token() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"token_type": "Bearer"})
 
-    with (
-        httpx.Client(transport=httpx.MockTransport(handler), auth=_oauth()) as client,
-        pytest.raises(DicomwebProtocolError, match="access_token"),
-    ):
-        client.get(API)
+    async def get() -> None:
+        transport = httpx.MockTransport(handler)
+        async with httpx.AsyncClient(transport=transport, auth=_oauth()) as client:
+            await client.get(API)
+
+    with pytest.raises(DicomwebProtocolError, match="access_token"):
+        _run(get())
 
 
 # --------------------------------------------------------------------------- build_auth
@@ -578,16 +598,20 @@ def test_google_401_refreshes_and_retries_once() -> None:
     credentials = FakeGoogleCredentials()
     statuses = iter([401, 200, 401, 401])
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(next(statuses))
 
-    with httpx.Client(
-        transport=httpx.MockTransport(handler), auth=GoogleAuth(credentials=credentials)
-    ) as client:
-        assert client.get(API).status_code == 200
-        assert len(credentials.refresh_threads) == 2
-        assert client.get(API).status_code == 401  # refreshed, retried, refused again
-        assert len(credentials.refresh_threads) == 3
+    async def scenario() -> None:
+        async with httpx.AsyncClient(
+            transport=httpx.MockTransport(handler), auth=GoogleAuth(credentials=credentials)
+        ) as client:
+            assert (await client.get(API)).status_code == 200
+            assert len(credentials.refresh_threads) == 2
+            # refreshed, retried, refused again
+            assert (await client.get(API)).status_code == 401
+            assert len(credentials.refresh_threads) == 3
+
+    _run(scenario())
 
 
 def _rsa_key_pem() -> tuple[str, str]:
@@ -608,54 +632,67 @@ def _rsa_key_pem() -> tuple[str, str]:
     return private, public
 
 
-def test_google_service_account_over_the_httpx_transport(tmp_path: Path) -> None:
-    """A real service-account file: google-auth signs a JWT, our httpx adapter posts it."""
+def _service_account_file(path: Path, email: str, private_key: str, token_uri: str) -> Path:
+    info = {
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "k1",
+        "private_key": private_key,
+        "client_email": email,
+        "client_id": "1",
+        "token_uri": token_uri,
+    }
+    return _write(path, json.dumps(info))
+
+
+def test_google_service_account_over_google_auths_transport(tmp_path: Path) -> None:
+    """A real service-account file: google-auth signs a JWT and posts it through its own
+    requests transport to a token endpoint on loopback, which verifies it."""
     need("google.auth", "google")
-    from google.auth import jwt
-
     private, public = _rsa_key_pem()
-    token_uri = "https://oauth2.test/token"
-    path = tmp_path / "sa.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "p",
-                "private_key_id": "k1",
-                "private_key": private,
-                "client_email": "bridge@p.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": token_uri,
-            }
-        ),
-        encoding="utf-8",
-    )
-    grants: list[dict[str, Any]] = []
+    email = "bridge@p.iam.gserviceaccount.com"
+    with AuthProxy(google_keys={email: public}) as idp:
+        path = _service_account_file(tmp_path / "sa.json", email, private, idp.token_url)
+        auth = GoogleAuth(str(path), ("https://www.googleapis.com/auth/cloud-healthcare",))
+        seen: list[httpx.Request] = []
 
-    def idp(request: httpx.Request) -> httpx.Response:
-        form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
-        # google-auth always addresses the assertion to Google's endpoint, whatever
-        # token_uri says.
-        claims = jwt.decode(
-            form["assertion"], certs=public, audience="https://oauth2.googleapis.com/token"
+        async def scenario() -> None:
+            async with _async_echo_client(auth, seen) as client:
+                await client.get(API)
+                await client.get(API)
+
+        _run(scenario())
+    # The proxy checked the assertion's signature, audience and expiry before issuing.
+    assert [(i.grant, i.subject, i.scope) for i in idp.issued] == [
+        (
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            email,
+            "https://www.googleapis.com/auth/cloud-healthcare",
         )
-        grants.append({"grant_type": form["grant_type"], **claims})
-        return httpx.Response(200, json={"access_token": "ya29.test", "expires_in": 3600})
+    ]
+    assert [r.headers["authorization"] for r in seen] == [f"Bearer {idp.issued[0].token}"] * 2
 
-    auth = GoogleAuth(
-        str(path),
-        ("https://www.googleapis.com/auth/cloud-healthcare",),
-        transport=httpx.MockTransport(idp),
+
+def test_google_token_endpoint_unreachable(tmp_path: Path) -> None:
+    """google-auth's transport failure is the bridge's DicomwebUnavailable, marked as never
+    sent (the DICOMweb request did not go out), and the request is not sent."""
+    need("google.auth", "google")
+    private, _public = _rsa_key_pem()
+    token_uri = f"http://127.0.0.1:{free_port()}/token"  # nothing listens there
+    path = _service_account_file(
+        tmp_path / "sa.json", "b@p.iam.gserviceaccount.com", private, token_uri
     )
     seen: list[httpx.Request] = []
-    with _echo_client(auth, seen) as client:
-        client.get(API)
-        client.get(API)
-    assert [r.headers["authorization"] for r in seen] == ["Bearer ya29.test"] * 2
-    assert len(grants) == 1
-    assert grants[0]["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
-    assert grants[0]["iss"] == "bridge@p.iam.gserviceaccount.com"
-    assert grants[0]["scope"] == "https://www.googleapis.com/auth/cloud-healthcare"
+
+    async def scenario() -> None:
+        async with _async_echo_client(GoogleAuth(str(path)), seen) as client:
+            await client.get(API)
+
+    with pytest.raises(DicomwebUnavailable) as info:
+        _run(scenario())
+    assert info.value.never_sent and token_uri in str(info.value)
+    assert "BEGIN PRIVATE KEY" not in str(info.value)
+    assert seen == []
 
 
 def test_google_bad_credentials_file(tmp_path: Path) -> None:
@@ -704,14 +741,19 @@ def test_aws_sigv4_signatures_verify(aws_env: None) -> None:
     assert isinstance(auth, AwsSigV4Auth)
     results: list[str | None] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: httpx.Request) -> httpx.Response:
         results.append(_verified(request))
         return httpx.Response(200)
 
-    with httpx.Client(transport=httpx.MockTransport(handler), auth=auth) as client:
-        client.get(f"{API}?PatientName=DOE^*&includefield=00100020&includefield=00080020")
-        client.get(API)
-        client.post(API, content=b"body bytes", headers={"Content-Type": "application/dicom"})
+    async def scenario() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler), auth=auth) as client:
+            await client.get(f"{API}?PatientName=DOE^*&includefield=00100020&includefield=00080020")
+            await client.get(API)
+            await client.post(
+                API, content=b"body bytes", headers={"Content-Type": "application/dicom"}
+            )
+
+    _run(scenario())
     assert results == [None, None, None]
 
 
@@ -719,8 +761,12 @@ def test_aws_sigv4_tampering_is_detected(aws_env: None) -> None:
     auth = build_auth(AuthConfig(type="aws", region="eu-west-1"))
     assert auth is not None
     request = httpx.Request("POST", API, content=b"original", headers={"Content-Type": "a/b"})
-    flow = auth.sync_auth_flow(request)
-    signed = next(flow)
+    flow = auth.async_auth_flow(request)
+
+    async def first() -> httpx.Request:
+        return await flow.__anext__()
+
+    signed = _run(first())
     assert _verified(signed) is None
     headers = {k.lower(): v for k, v in signed.headers.items()}
     target = signed.url.raw_path.decode()
@@ -770,8 +816,12 @@ def test_aws_session_token_is_sent_and_signed(
     monkeypatch.setenv("AWS_SESSION_TOKEN", "session-tok")
     auth = build_auth(AuthConfig(type="aws", region="eu-west-1"))
     seen: list[httpx.Request] = []
-    with _echo_client(auth, seen) as client:  # type: ignore[arg-type]
-        client.get(API)
+
+    async def scenario() -> None:
+        async with _async_echo_client(auth, seen) as client:  # type: ignore[arg-type]
+            await client.get(API)
+
+    _run(scenario())
     assert seen[0].headers["x-amz-security-token"] == "session-tok"
     assert "x-amz-security-token" in seen[0].headers["authorization"]
     assert _verified(seen[0], session_tokens={"AKIDEXAMPLE": "session-tok"}) is None
