@@ -93,7 +93,11 @@ class _Checkpoint:
         self._assoc = assoc
         self._cond = threading.Condition()
         self._open = is_open
-        self._blocked = False  # the reactor is inside wait() with the gate closed
+        # Every opening starts a new generation: a reactor woken by one passes even if
+        # the gate is closed again before it runs (threading.Event's semantics), so
+        # only a reactor blocked in the current generation proves a pause.
+        self._generation = 0
+        self._blocked_in: int | None = None
         self._holder: threading.Thread | None = None
         self._holders = threading.Lock()  # one holder at a time
 
@@ -105,20 +109,29 @@ class _Checkpoint:
     def wait(self, timeout: float | None = None) -> bool:
         # Only the association's reactor thread waits here.
         with self._cond:
-            if not self._open:
-                self._blocked = True
-                self._cond.notify_all()
-                try:
-                    self._cond.wait_for(lambda: self._open, timeout)
-                finally:
-                    self._blocked = False
-            return self._open
+            if self._open:
+                return True
+            generation = self._generation
+            self._blocked_in = generation
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: self._open or self._generation != generation, timeout)
+            finally:
+                self._blocked_in = None
+            return self._open or self._generation != generation
+
+    @property
+    def blocked(self) -> bool:
+        """The reactor is waiting at the closed gate, and stays there until it opens."""
+        with self._cond:
+            return not self._open and self._blocked_in == self._generation
 
     def set(self) -> None:
         if self._absorbed():
             return
         with self._cond:
             self._open = True
+            self._generation += 1
             self._cond.notify_all()
 
     def clear(self) -> None:
@@ -149,7 +162,7 @@ class _Checkpoint:
         with self._cond:
             self._holder = threading.current_thread()
             self._open = False
-            while not self._blocked:
+            while self._blocked_in != self._generation:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not _reactor_alive(self._assoc):
                     self._release_locked()
@@ -164,6 +177,7 @@ class _Checkpoint:
     def _release_locked(self) -> None:
         self._holder = None
         self._open = True
+        self._generation += 1
         self._cond.notify_all()
         self._holders.release()
 
