@@ -4,7 +4,7 @@ longer than it ends with a clean release; an idle peer is still dropped.
 
 One bridge with ``network_timeout = 2`` in front of a FaultProxy in front of a private
 Orthanc holding a 3-instance study. The Move Destination is dcmtk ``storescp
---sleep-during 3``: every C-STORE takes 3 s, so the move keeps movescu silent for ~9 s
+--sleep-during 1``: every C-STORE takes ~3 s, so the move keeps movescu silent for ~9 s
 and the bridge's sub-association waits longer than the timeout for every response.
 """
 
@@ -41,7 +41,9 @@ pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 NETWORK_TIMEOUT = 2  # the bridge's dimse.network_timeout (seconds)
-STORE_SLEEP = 3  # storescp --sleep-during: each C-STORE takes longer than the timeout
+# storescp --sleep-during sleeps at each of its progress callbacks, about 3 per C-STORE
+# of these small instances: each C-STORE takes ~3 s, longer than the timeout.
+STORE_SLEEP = 1
 STUDY_SIZE = 3
 SILENCE_S = 2.5 * NETWORK_TIMEOUT  # a WADO-RS or QIDO-RS delay well past the timeout
 SUCCESS = 0x0000
