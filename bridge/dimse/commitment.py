@@ -18,7 +18,7 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pynetdicom import AE, build_context, build_role
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.dimse_primitives import N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 
@@ -208,6 +208,10 @@ def _send_on_same(assoc: Any, event_type: int, info: Dataset) -> bool:
         return False
 
 
+def _prepare(event: Any) -> None:
+    adapter.prepare(event.assoc)
+
+
 def _send_on_new(
     ctx: BridgeContext,
     host: str,
@@ -228,6 +232,7 @@ def _send_on_new(
         ae_title=ae_title,
         # On its own association the commitment SCP is the one that proposes the SCP role.
         ext_neg=[build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _prepare)],
     )
     if not assoc.is_established:
         LOGGER.error(
@@ -239,9 +244,14 @@ def _send_on_new(
         )
         return
     try:
-        status, _ = assoc.send_n_event_report(
-            info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
-        )
+        # This requestor association's reactor reads the DIMSE queue too: hold it, so the
+        # N-EVENT-REPORT-RSP reaches send_n_event_report.
+        with adapter.reactor_paused(assoc) as held:
+            status = None
+            if held:
+                status, _ = assoc.send_n_event_report(
+                    info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+                )
         LOGGER.info(
             "storage commitment %s: event type %d sent to %s on a new association (0x%04X)",
             transaction_uid,

@@ -101,10 +101,6 @@ class StoreOutcomes:
             del self.assoc.send_c_store
 
 
-def _lost(assoc: Any) -> bool:
-    return adapter.lost(assoc)
-
-
 def run_suboperations(
     service: str,
     sender: Any,
@@ -134,7 +130,7 @@ def run_suboperations(
             for subop in subops:
                 if cancelled():
                     raise Cancelled()
-                if outcomes.no_response or not held or _lost(sender):
+                if outcomes.no_response or not held or adapter.lost(sender):
                     # The destination went away: every remaining sub-operation fails, and
                     # nothing more is fetched for it.
                     tally.failed.extend(ref.sop_instance_uid for ref in refs[done:])
