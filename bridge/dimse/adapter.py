@@ -262,6 +262,18 @@ def reactor_paused(assoc: Any, timeout: float = PAUSE_TIMEOUT) -> Iterator[bool]
     finally:
         if not in_reactor:
             checkpoint.release()
+            if lost(assoc):
+                _wound_down(assoc)
+
+
+def _wound_down(assoc: Any, timeout: float = PAUSE_TIMEOUT) -> None:
+    """Let a reactor that was held while its peer aborted take the A-ABORT and end the
+    association, before the caller goes on: pynetdicom releases a C-MOVE sub-association
+    right after the last sub-operation, and a release sent while the association still
+    looks established waits out the whole ACSE timeout for an answer that never comes."""
+    deadline = time.monotonic() + timeout
+    while assoc.is_established and assoc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 @contextlib.contextmanager

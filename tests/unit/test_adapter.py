@@ -156,6 +156,9 @@ def test_waiting_for_a_response_notices_an_abort(scp_factory: Callable[..., Scp]
         assert "Status" not in status
         assert adapter.lost(assoc)
         assert adapter.wait_response(assoc, 30.0) == (None, None)
+    # The hold ends only once the reactor has taken the A-ABORT: a release sent on an
+    # association that still looked established would wait out the ACSE timeout.
+    assert not assoc.is_established and assoc.is_aborted
 
 
 def test_pausing_an_ended_association_yields_false(scp_factory: Callable[..., Scp]) -> None:
