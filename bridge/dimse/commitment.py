@@ -10,7 +10,6 @@ AE as configured in ``[[peers]]``.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterable
@@ -19,11 +18,11 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
-from pynetdicom import AE, build_context, build_role
+from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.dimse_primitives import N_EVENT_REPORT
 from pynetdicom.dsutils import encode
 
-from bridge.dimse import sop
+from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
 from bridge.models import QidoQuery, QidoResource
@@ -70,7 +69,14 @@ def handle_action(event: Any, ctx: BridgeContext) -> tuple[Dataset | int, Datase
         name="storage-commitment",
         daemon=True,
     )
-    worker.start()
+    # The report is outstanding work: the requestor waits for it in silence, and its
+    # association must not be dropped for idling meanwhile (ended in _commit).
+    adapter.begin_work(event.assoc)
+    try:
+        worker.start()
+    except BaseException:
+        adapter.end_work(event.assoc)
+        raise
     return SUCCESS, None
 
 
@@ -125,6 +131,19 @@ def _commit(
     refs: list[tuple[str, str]],
 ) -> None:
     try:
+        _deliver(assoc, ctx, requestor, transaction_uid, refs)
+    finally:
+        adapter.end_work(assoc)
+
+
+def _deliver(
+    assoc: Any,
+    ctx: BridgeContext,
+    requestor: str,
+    transaction_uid: str,
+    refs: list[tuple[str, str]],
+) -> None:
+    try:
         present = present_instances(ctx, (uid for _, uid in refs))
     except BridgeError as exc:
         # Unknown is not committed: report every instance as failed, so the modality keeps
@@ -150,61 +169,47 @@ def _commit(
 def _send_on_same(assoc: Any, event_type: int, info: Dataset) -> bool:
     """The N-EVENT-REPORT on the requestor's own association, if it takes it.
 
-    The acceptor's reactor also reads the DIMSE queue, so it is paused (pynetdicom's way
-    for an acceptor to send requests itself) while the response is awaited. A requestor
-    that releases as the report crosses its release never answers it: the wait watches
-    for that, then lets the reactor answer the release, and the report goes out on a new
-    association instead.
+    The acceptor's reactor also reads the DIMSE queue, so it is held at its checkpoint
+    (``adapter.reactor_paused``: proved blocked, not guessed) while the response is
+    awaited. A requestor that releases as the report crosses its release never answers
+    it: the wait watches for that, then lets the reactor answer the release, and the
+    report goes out on a new association instead.
     """
-    assoc._reactor_checkpoint.clear()
     try:
-        if not _wait_paused(assoc) or assoc.acse.is_release_requested():
-            return False
-        context = assoc._get_valid_context(STORAGE_COMMITMENT_PUSH, "", None)
-        syntax = context.transfer_syntax[0]
-        req = N_EVENT_REPORT()
-        req.MessageID = 1
-        req.AffectedSOPClassUID = STORAGE_COMMITMENT_PUSH
-        req.AffectedSOPInstanceUID = STORAGE_COMMITMENT_INSTANCE
-        req.EventTypeID = event_type
-        encoded = encode(info, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
-        if encoded is None:
-            raise ValueError("the Event Information cannot be encoded")
-        req.EventInformation = BytesIO(encoded)
-        assoc.dimse.send_msg(req, context.context_id)
-        deadline = time.monotonic() + _REPORT_TIMEOUT
-        while time.monotonic() < deadline:
-            if assoc.acse.is_release_requested() or not assoc.is_established:
+        with adapter.reactor_paused(assoc, timeout=_REPORT_TIMEOUT) as held:
+            if not held or adapter.release_requested(assoc):
                 return False
-            try:
-                _, rsp = assoc.dimse.msg_queue.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if isinstance(rsp, N_EVENT_REPORT) and rsp.Status is not None:
-                return bool(rsp.Status == SUCCESS)
-        return False
+            context = adapter.valid_context(assoc, STORAGE_COMMITMENT_PUSH, "", None)
+            syntax = context.transfer_syntax[0]
+            req = N_EVENT_REPORT()
+            req.MessageID = 1
+            req.AffectedSOPClassUID = STORAGE_COMMITMENT_PUSH
+            req.AffectedSOPInstanceUID = STORAGE_COMMITMENT_INSTANCE
+            req.EventTypeID = event_type
+            encoded = encode(
+                info, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+            )
+            if encoded is None:
+                raise ValueError("the Event Information cannot be encoded")
+            req.EventInformation = BytesIO(encoded)
+            assoc.dimse.send_msg(req, context.context_id)
+            deadline = time.monotonic() + _REPORT_TIMEOUT
+            while (remaining := deadline - time.monotonic()) > 0:
+                _, rsp = adapter.wait_response(
+                    assoc, remaining, give_up=lambda: adapter.release_requested(assoc)
+                )
+                if rsp is None:
+                    return False
+                if isinstance(rsp, N_EVENT_REPORT) and rsp.Status is not None:
+                    return bool(rsp.Status == SUCCESS)
+            return False
     except Exception as exc:
         LOGGER.warning("N-EVENT-REPORT on the same association failed: %s", exc)
         return False
-    finally:
-        assoc._reactor_checkpoint.set()
 
 
-def _wait_paused(assoc: Any, timeout: float = 5.0) -> bool:
-    """Wait until the reactor is blocked at its checkpoint. Its flag is also briefly True
-    on every pass of its loop, so only a flag that stays True for a few of its 1 ms
-    iterations proves it is blocked."""
-    deadline = time.monotonic() + timeout
-    since: float | None = None
-    while assoc.is_established and time.monotonic() < deadline:
-        if assoc._is_paused:
-            since = since or time.monotonic()
-            if time.monotonic() - since > 0.01:
-                return True
-        else:
-            since = None
-        time.sleep(0.0002)
-    return False
+def _prepare(event: Any) -> None:
+    adapter.prepare(event.assoc)
 
 
 def _send_on_new(
@@ -227,6 +232,7 @@ def _send_on_new(
         ae_title=ae_title,
         # On its own association the commitment SCP is the one that proposes the SCP role.
         ext_neg=[build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _prepare)],
     )
     if not assoc.is_established:
         LOGGER.error(
@@ -238,9 +244,14 @@ def _send_on_new(
         )
         return
     try:
-        status, _ = assoc.send_n_event_report(
-            info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
-        )
+        # This requestor association's reactor reads the DIMSE queue too: hold it, so the
+        # N-EVENT-REPORT-RSP reaches send_n_event_report.
+        with adapter.reactor_paused(assoc) as held:
+            status = None
+            if held:
+                status, _ = assoc.send_n_event_report(
+                    info, event_type, STORAGE_COMMITMENT_PUSH, STORAGE_COMMITMENT_INSTANCE
+                )
         LOGGER.info(
             "storage commitment %s: event type %d sent to %s on a new association (0x%04X)",
             transaction_uid,

@@ -6,25 +6,25 @@ When the peer accepted the instance's stored transfer syntax exactly, the encode
 set after the File Meta group is already the C-STORE payload, so it is sent as is.
 
 The C-STORE-RQ command set is encoded directly too, and the P-DATA primitives handed to
-the DUL as pynetdicom's own ``encode_msg`` would (tested byte for byte against it). It
-relies on pynetdicom internals that ``send_c_store`` itself uses (pinned to pynetdicom 3.0
-in pyproject.toml): ``_get_valid_context``, ``_reactor_checkpoint``, ``_is_paused``,
-``_check_received_status``, ``_handle_no_response``, ``dimse.maximum_pdu_size``,
-``dul.send_pdu``. ``[retrieve] fast_send = false`` turns it off; the stock path is
-also used whenever the instance needs converting, and for metadata-only instances.
+the DUL as pynetdicom's own ``encode_msg`` would (tested byte for byte against it). The
+pynetdicom internals ``send_c_store`` itself uses (context choice, the reactor pause, the
+response wait and its checks) are reached through ``bridge.dimse.adapter``.
+``[retrieve] fast_send = false`` turns it off; the stock path is also used whenever the
+instance needs converting, and for metadata-only instances.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-import time
 from typing import Any
 
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
 from pynetdicom.pdu_primitives import P_DATA
+
+from bridge.dimse import adapter
 
 LOGGER = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ def send_encoded(
     same reactor pause, same response handling; no encoding."""
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
-    context = assoc._get_valid_context(
-        instance.SOPClassUID, instance.transfer_syntax, "scu", allow_conversion=False
+    context = adapter.valid_context(
+        assoc, instance.SOPClassUID, instance.transfer_syntax, "scu", allow_conversion=False
     )
     command = encode_store_rq(
         msg_id,
@@ -183,21 +183,17 @@ def send_encoded(
         originator_aet,
         originator_id,
     )
-    # The reactor would otherwise take the C-STORE-RSP off the queue (as send_c_store).
-    assoc._reactor_checkpoint.clear()
-    while not assoc._is_paused:
-        time.sleep(0.0001)
-    try:
+    # The reactor would otherwise take the C-STORE-RSP off the queue. Inside a C-MOVE the
+    # sub-association's reactor is already held for the whole move (this costs nothing);
+    # inside a C-GET this runs in the reactor's own thread.
+    with adapter.reactor_paused(assoc) as held:
+        if not held:
+            return Dataset()
         # What DIMSEServiceProvider.send_msg does, minus building a pydicom command set
         # (no EVT_DIMSE_SENT for these sub-operation requests: nothing here listens).
-        max_pdu = assoc.dimse.maximum_pdu_size
-        for pdata in _p_data_items(context.context_id, command, instance.encoded, max_pdu):
-            assoc.dul.send_pdu(pdata)
-        _, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-    if rsp is None:
-        assoc._handle_no_response()
-        return Dataset()
-    status: Dataset = assoc._check_received_status(rsp)
-    return status
+        max_pdu = adapter.peer_max_pdu(assoc)
+        adapter.send_pdata(
+            assoc, _p_data_items(context.context_id, command, instance.encoded, max_pdu)
+        )
+        _, rsp = adapter.wait_response(assoc, assoc.dimse_timeout)
+    return adapter.response_status(assoc, rsp)

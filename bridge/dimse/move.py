@@ -25,7 +25,7 @@ from pydicom import Dataset
 from pynetdicom import build_context, evt
 from pynetdicom.presentation import PresentationContext
 
-from bridge.dimse import sop
+from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.refusal import refusing
 from bridge.dimse.retrieve import find_instances
@@ -82,6 +82,8 @@ class _SubAssociation:
         # pynetdicom has already built the A-ASSOCIATE-RQ primitive by now: set both.
         event.assoc.requestor.ae_title = self.calling_ae_title
         event.assoc.requestor.primitive.calling_ae_title = self.calling_ae_title
+        # Its reactor is held for the whole move, and its idle timer paused meanwhile.
+        adapter.prepare(event.assoc)
         self.assoc = event.assoc
         self.opened.set()
 

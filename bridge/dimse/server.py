@@ -25,7 +25,7 @@ from bridge.config import Config, TlsListenerConfig
 from bridge.dicomweb.auth import build_auth
 from bridge.dicomweb.breaker import State
 from bridge.dicomweb.client import DicomwebClient, make_client
-from bridge.dimse import sop
+from bridge.dimse import adapter, sop
 from bridge.dimse.commitment import handle_action
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.echo import handle_echo
@@ -57,6 +57,12 @@ def _set_nodelay(event: Any) -> None:
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _prepare(event: Any) -> None:
+    # Before the reactor runs: the idle timer that ignores time spent serving, and the
+    # reactor pause the storage-commitment report relies on (bridge/dimse/adapter.py).
+    adapter.prepare(event.assoc)
 
 
 def _log_association(event: Any) -> None:
@@ -154,6 +160,7 @@ class Bridge:
         self.context = ctx
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
+            (evt.EVT_CONN_OPEN, _prepare),
             (evt.EVT_REQUESTED, prefer_requested_syntaxes, [STORAGE_CLASSES, local_encoders()]),
             (evt.EVT_ESTABLISHED, _log_association),
             *self.gate.handlers(),

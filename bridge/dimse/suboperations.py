@@ -3,6 +3,11 @@
 pynetdicom sends each yielded dataset as a C-STORE sub-operation and keeps the counts;
 this module feeds it in order from the fetch-ahead pipeline, records each sub-operation's
 outcome, and produces the final status with the exact Failed SOP Instance UID List.
+
+The destination's reactor is held at its checkpoint for the whole retrieve
+(``adapter.reactor_paused``), so only the sender reads C-STORE responses off the DIMSE
+queue, on the encoded fast path and on pynetdicom's stock ``send_c_store`` alike. On a
+C-GET that is the requesting association, whose reactor is the thread running this.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 from pydicom import Dataset
 
 from bridge.aio import Cancelled
+from bridge.dimse import adapter
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.fastsend import EncodedInstance, send_encoded
 from bridge.dimse.retrieve import InstanceSource, Tally, accepted_syntaxes, failed_list
@@ -25,6 +31,7 @@ from bridge.translate.status import (
     OUT_OF_RESOURCES,
     PENDING,
     SUCCESS,
+    UNABLE_TO_PROCESS,
     internal_error,
     status_dataset,
 )
@@ -79,6 +86,11 @@ class StoreOutcomes:
             status = rsp.get("Status") if isinstance(rsp, Dataset) else None
             self.last = int(status) if status is not None else None
             self.no_response = status is None
+            if status is None:
+                # No (valid) response: pynetdicom has aborted the association. Answer
+                # with a failure status, or its C-GET/C-MOVE service class would read
+                # the missing Status and fail with an AttributeError.
+                return status_dataset(UNABLE_TO_PROCESS, "no C-STORE response")
             return rsp
 
         self.assoc.send_c_store = send_c_store
@@ -127,10 +139,6 @@ class FinalComment:
             del self.assoc.dimse.send_msg
 
 
-def _lost(assoc: Any) -> bool:
-    return bool(not assoc.is_established or assoc.is_aborted or not assoc.dul.is_alive())
-
-
 def run_suboperations(
     service: str,
     sender: Any,
@@ -168,12 +176,16 @@ def _run(
     source = InstanceSource(ctx, refs, accepted, cancelled, metadata_only=metadata_only)
     done = 0
     progress = Progress(service, peer, len(refs), ctx.config.ops.progress_interval, LOGGER)
-    with StoreOutcomes(sender) as outcomes, contextlib.closing(source.subops()) as subops:
+    with (
+        StoreOutcomes(sender) as outcomes,
+        adapter.reactor_paused(sender) as held,
+        contextlib.closing(source.subops()) as subops,
+    ):
         try:
             for subop in subops:
                 if cancelled():
                     raise Cancelled()
-                if outcomes.no_response or _lost(sender):
+                if outcomes.no_response or not held or adapter.lost(sender):
                     # The destination went away: every remaining sub-operation fails, and
                     # nothing more is fetched for it.
                     tally.record_failures(
