@@ -191,6 +191,23 @@ class OpsConfig:
     # Seconds between progress lines of a long retrieve.
     progress_interval: float = 10.0
 
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """`listen` as (host, port), None when off; parse_config already checked it."""
+        return parse_listen(self.listen) if self.listen else None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:9090"`` for IPv6) → (host, port); ValueError if not one."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f'expected "host:port", got {listen!r}')
+    host = host.removeprefix("[").removesuffix("]")
+    number = int(port)
+    if not 0 <= number < 65536:
+        raise ValueError(f"port out of range in {listen!r}")
+    return host, number
+
 
 @dataclass(frozen=True)
 class Config:
@@ -519,8 +536,12 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
     o = sub("ops")
     listen = o.str_("listen", OpsConfig.listen)
     if listen:
-        host_part, _, port_part = listen.rpartition(":")
-        if not host_part or not port_part.isdigit() or not 0 < int(port_part) < 65536:
+        try:
+            _, port = parse_listen(listen)
+        except ValueError:
+            port = 0
+        # Port 0 (any free port) is for tests that start the listener themselves.
+        if port == 0:
             raise o.error("listen", f'expected "host:port", got {listen!r}')
     ops = OpsConfig(
         listen=listen,

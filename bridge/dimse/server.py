@@ -178,8 +178,8 @@ class Bridge:
             if dimse.tls.enabled:
                 tls = dimse.tls
                 self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
-            if config.ops.listen:
-                self.ops = OpsServer(config.ops.listen, self.metrics, self.ready)
+            if config.ops.address is not None:
+                self.ops = OpsServer(config.ops.address, self.metrics, self.ready)
                 try:
                     self.ops.start()
                 except OSError as exc:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from bridge.config import parse_listen
 from bridge.ops.metrics import Metrics
 
 LOGGER = logging.getLogger(__name__)
@@ -78,18 +79,6 @@ class CachedProbe:
         """Forget the cached answer (e.g. when shutdown starts, so /readyz says so now)."""
         with self._lock:
             self._result = None
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"host:port"`` (``"[::1]:9090"`` for IPv6) → (host, port)."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f'expected "host:port", got {listen!r}')
-    host = host.removeprefix("[").removesuffix("]")
-    number = int(port)
-    if not 0 <= number < 65536:
-        raise ValueError(f"port out of range in {listen!r}")
-    return host, number
 
 
 def _is_ipv6(host: str) -> bool:
@@ -153,21 +142,22 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OpsServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on `listen` (``"host:port"``; port 0 picks
-    a free port, see ``port`` and ``url`` after ``start()``).
+    """``/metrics``, ``/healthz`` and ``/readyz`` on `address` (``OpsConfig.address``, or
+    ``"host:port"`` parsed by ``bridge.config.parse_listen``; port 0 picks a free port,
+    see ``port`` and ``url`` after ``start()``).
 
     `ready` is wrapped in a ``CachedProbe`` of `ready_cache_s` seconds (0: no caching).
     """
 
     def __init__(
         self,
-        listen: str,
+        address: tuple[str, int] | str,
         metrics: Metrics,
         ready: ReadyCheck,
         *,
         ready_cache_s: float = DEFAULT_READY_CACHE_S,
     ) -> None:
-        self.host, self._port = parse_listen(listen)
+        self.host, self._port = parse_listen(address) if isinstance(address, str) else address
         self.metrics = metrics
         self.ready: ReadyCheck = CachedProbe(ready, ready_cache_s) if ready_cache_s > 0 else ready
         self._server: _Server | None = None

@@ -477,3 +477,20 @@ def test_env_var_pointing_at_missing_file(tmp_path: Path, monkeypatch: pytest.Mo
 def test_nan_seconds_are_rejected(tmp_path: Path, text: str, key: str) -> None:
     error, _ = _load_error(tmp_path, text)
     assert error.key == key
+
+
+@pytest.mark.parametrize(
+    ("listen", "address"),
+    [("", None), ("0.0.0.0:9090", ("0.0.0.0", 9090)), ("[::1]:9090", ("::1", 9090))],
+)
+def test_ops_listen_is_parsed_once_into_an_address(
+    listen: str, address: tuple[str, int] | None
+) -> None:
+    ops = parse_config({"ops": {"listen": listen}}).ops
+    assert (ops.listen, ops.address) == (listen, address)
+
+
+@pytest.mark.parametrize("listen", ["9090", ":9090", "host:", "host:70000", "host:0"])
+def test_ops_listen_rejects_what_the_ops_listener_could_not_bind(listen: str) -> None:
+    with pytest.raises(ConfigError, match="ops.listen"):
+        parse_config({"ops": {"listen": listen}})

@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pynetdicom import AE, evt
 
+from bridge.config import parse_listen
 from bridge.dimse.sop import STUDY_ROOT_FIND, VERIFICATION
-from bridge.ops.http import CachedProbe, OpsServer, parse_listen
+from bridge.ops.http import CachedProbe, OpsServer
 from bridge.ops.logs import TEXT_FORMAT, JsonFormatter, Progress, setup_logging
 from bridge.ops.metrics import (
     CONTENT_TYPE,
