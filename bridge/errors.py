@@ -60,6 +60,19 @@ class DicomwebError(BridgeError):
     # the one case where a non-idempotent request (STOW-RS) may be retried.
     never_sent: bool = False
 
+    @property
+    def busy(self) -> bool:
+        """The server is unreachable, overloaded or failing: asking again later may work.
+
+        The outcome table in ``bridge/dicomweb/outcomes.py`` decides (its ``busy``
+        column), so that the DIMSE status mapping never inspects HTTP codes itself.
+        """
+        # Imported here: the table is written in terms of these classes. It imports only
+        # this module, so the translate layer stays free of httpx.
+        from bridge.dicomweb.outcomes import classify
+
+        return classify(self).busy
+
 
 class DicomwebUnavailable(DicomwebError):
     """The DICOMweb server could not be reached."""

@@ -17,7 +17,8 @@ an idle bridge's readiness checks are what half-open and close it.
     half-open ──probe reached the server──▶ closed
     half-open ──probe unreachable──▶ open (another cool-down)
 
-What an outcome proves (``classify``, the one table):
+What an outcome proves (``classify``, read from the one table in
+``bridge/dicomweb/outcomes.py``):
 
 - *unreachable*: the connection could not be made (refused, DNS failure, connect
   timeout); no answer within ``dicomweb.timeout``; HTTP 502 or 504 (a gateway in front
@@ -56,12 +57,13 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
+from bridge.dicomweb.outcomes import Outcome
+from bridge.dicomweb.outcomes import classify as outcome_row
 from bridge.errors import (
     DicomwebCircuitOpen,
     DicomwebError,
     DicomwebHTTPError,
     DicomwebTimeout,
-    DicomwebUnavailable,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -76,31 +78,9 @@ class State(Enum):
     HALF_OPEN = "half_open"
 
 
-class Outcome(Enum):
-    REACHABLE = "reachable"
-    UNREACHABLE = "unreachable"
-    NEITHER = "neither"
-
-
-# HTTP answers that say the server behind them cannot be reached (see the docstring).
-_GATEWAY_DOWN = frozenset({502, 504})
-
-
 def classify(error: DicomwebError | None) -> Outcome:
     """What one exchange's outcome (None: a 2xx answer) proves about the server."""
-    if error is None:
-        return Outcome.REACHABLE
-    if isinstance(error, DicomwebHTTPError):
-        if error.status_code in _GATEWAY_DOWN:
-            return Outcome.UNREACHABLE
-        if error.status_code == 503 and error.retry_after is None:
-            return Outcome.UNREACHABLE
-        return Outcome.REACHABLE
-    if isinstance(error, DicomwebTimeout):
-        return Outcome.UNREACHABLE
-    if isinstance(error, DicomwebUnavailable) and error.never_sent:
-        return Outcome.UNREACHABLE
-    return Outcome.NEITHER
+    return outcome_row(error).breaker
 
 
 def why(error: DicomwebError) -> str:

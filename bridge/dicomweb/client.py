@@ -26,6 +26,7 @@ from dicomweb_client.uri import URI, URISuffix
 from bridge.config import DicomwebConfig
 from bridge.dicomweb.breaker import CircuitBreaker, Listener
 from bridge.dicomweb.multipart import MultipartDecoder, Part, boundary_from_content_type
+from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import (
@@ -187,18 +188,7 @@ T = TypeVar("T")
 
 def outcome_of(error: DicomwebError) -> str:
     """The metrics outcome label of a failed exchange (an HTTP status, or what broke)."""
-    if isinstance(error, DicomwebHTTPError):
-        return str(error.status_code)
-    if isinstance(error, DicomwebTimeout):
-        return "timeout"
-    if isinstance(error, DicomwebTLSError):
-        return "tls_error"
-    if isinstance(error, DicomwebUnavailable):
-        # Never sent: the connection could not be made; else it broke under the request.
-        return "connect_error" if error.never_sent else "transport_error"
-    if isinstance(error, DicomwebProtocolError):
-        return "protocol_error"
-    return "error"
+    return classify(error).label
 
 
 _NO_RETRY = RetryPolicy(max_retries=0)
@@ -207,6 +197,27 @@ _NO_RETRY = RetryPolicy(max_retries=0)
 def is_last_page(page: QidoPage, page_size: int) -> bool:
     """Whether paging stops after `page`: it came back short and the server hinted no more."""
     return not page.results or (len(page.results) < page_size and not page.more_hinted)
+
+
+class Pager:
+    """The pages of one QIDO-RS search, limit/offset to the end, each fetched by ``next``
+    when the caller asks for it (so a C-FIND streams as pages arrive)."""
+
+    def __init__(self, client: DicomwebClient, query: QidoQuery, page_size: int) -> None:
+        self.client = client
+        self.query = query
+        self.page_size = page_size
+        self.offset = 0
+        self.done = False
+
+    async def next(self) -> QidoPage | None:
+        """The next page, or None after the last (see ``is_last_page``)."""
+        if self.done:
+            return None
+        page = await self.client.search(self.query, offset=self.offset, limit=self.page_size)
+        self.offset += len(page.results)
+        self.done = is_last_page(page, self.page_size)
+        return page
 
 
 class DicomwebClient:
@@ -223,8 +234,11 @@ class DicomwebClient:
         observer: Observer | None = None,
         raw: RawGetter | None = None,
         breaker: CircuitBreaker | None = None,
+        page_size: int = DicomwebConfig.page_size,
     ) -> None:
         self.http = http
+        # QIDO-RS limit of each page of search_pages.
+        self.page_size = page_size
         # The lean GET for WADO-RS bulk data (bridge/dicomweb/rawget.py), when usable.
         self.raw = raw
         self.base_url = base_url.rstrip("/")
@@ -268,6 +282,10 @@ class DicomwebClient:
             self.base_url, query, offset=offset, limit=limit, policy=self.query_encoding
         )
         return await self._read("qido", "QIDO-RS", lambda: self._search_once(url))
+
+    def search_pages(self, query: QidoQuery) -> Pager:
+        """Every page of a QIDO-RS search, one ``await pager.next()`` at a time."""
+        return Pager(self, query, self.page_size)
 
     async def _search_once(self, url: str) -> QidoPage:
         LOGGER.debug("QIDO-RS %s", url)
@@ -315,6 +333,18 @@ class DicomwebClient:
                 f"WADO-RS instance answer has {len(parts)} parts instead of 1"
             )
         return parts[0].content
+
+    async def retrieve_instance_transcoded(self, ref: InstanceRef, transfer_syntax: str) -> bytes:
+        """WADO-RS one instance in `transfer_syntax` when the server can transcode it to
+        that, else as stored (the caller checks what it got): a series may mix syntaxes,
+        and the server may not transcode from every one (the outcome table's
+        ``as_stored`` column says which answers mean that)."""
+        try:
+            return await self.retrieve_instance(ref, transfer_syntax)
+        except DicomwebError as exc:
+            if transfer_syntax == ANY_SYNTAX or not fetch_as_stored_instead(exc):
+                raise
+        return await self.retrieve_instance(ref, ANY_SYNTAX)
 
     async def retrieve_metadata(self, ref: InstanceRef) -> dict[str, Any]:
         """WADO-RS metadata of one instance (DICOM JSON, bulk data as BulkDataURI)."""
@@ -503,6 +533,7 @@ def make_client(
         observer=observer,
         raw=raw,
         breaker=breaker,
+        page_size=config.page_size,
     )
 
 

@@ -6,7 +6,8 @@ answers cut short (broken framing, truncated multipart), and HTTP 429, 502, 503 
 per-request deadline. STOW-RS is retried only when
 the request provably never reached the server (the connection could not be opened).
 A 401/403, a 4xx, a 500 or a timeout is not retried: retrying would not change it, or
-the timeout already used the time a retry would need.
+the timeout already used the time a retry would need. What is retried is a column of
+the outcome table (``bridge/dicomweb/outcomes.py``: ``is_retryable``).
 
 Each attempt first asks the backend's circuit breaker (``bridge.dicomweb.breaker``):
 while it is open no attempt is made, and a loop waiting for its next attempt gives up
@@ -25,18 +26,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bridge.dicomweb.breaker import CircuitBreaker
-from bridge.errors import (
-    DicomwebCircuitOpen,
-    DicomwebError,
-    DicomwebHTTPError,
-    DicomwebProtocolError,
-    DicomwebUnavailable,
-)
+from bridge.dicomweb.outcomes import is_retryable
+from bridge.errors import DicomwebError, DicomwebHTTPError
 
 LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
-
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -59,18 +53,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def is_retryable(error: DicomwebError, *, idempotent: bool) -> bool:
-    if isinstance(error, DicomwebCircuitOpen):
-        return False
-    if not idempotent:
-        return error.never_sent
-    if isinstance(error, DicomwebHTTPError):
-        return error.status_code in RETRYABLE_STATUS
-    if isinstance(error, DicomwebProtocolError):
-        return error.transient
-    return isinstance(error, DicomwebUnavailable)
 
 
 def backoff(

@@ -8,7 +8,7 @@ from typing import Any
 
 from bridge.aio import LoopThread
 from bridge.config import Config, DicomwebConfig
-from bridge.dicomweb.client import DicomwebClient, is_last_page
+from bridge.dicomweb.client import DicomwebClient
 from bridge.models import QidoPage, QidoQuery
 from bridge.ops.metrics import Metrics
 
@@ -47,18 +47,11 @@ class BridgeContext:
     def search_pages(
         self, query: QidoQuery, cancelled: Callable[[], bool] | None = None
     ) -> Iterator[QidoPage]:
-        """Every page of a QIDO-RS search, limit/offset to the end, each fetched when the
-        caller asks for it (so a C-FIND streams as pages arrive); cancellable."""
-        page_size = self.dicomweb.page_size
-        offset = 0
-        while True:
-            page = self.loop.call(
-                self.client.search(query, offset=offset, limit=page_size), cancelled
-            )
+        """Every page of a QIDO-RS search (the client's paging rule), each fetched when
+        the caller asks for it (so a C-FIND streams as pages arrive); cancellable."""
+        pager = self.client.search_pages(query)
+        while (page := self.loop.call(pager.next(), cancelled)) is not None:
             yield page
-            offset += len(page.results)
-            if is_last_page(page, page_size):
-                return
 
     @property
     def retrieve_ae_title(self) -> str:

@@ -30,7 +30,6 @@ from bridge.errors import (
     BridgeError,
     DicomwebCircuitOpen,
     DicomwebError,
-    DicomwebHTTPError,
     DicomwebProtocolError,
     InvalidIdentifier,
 )
@@ -200,14 +199,8 @@ class InstanceSource:
         hint = self.hints.get(key, ANY_SYNTAX)
         if hint in (ANY_SYNTAX, _LOCAL):
             return Payload(part10=await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX))
-        try:
-            return Payload(part10=await self.ctx.client.retrieve_instance(ref, hint))
-        except DicomwebHTTPError as exc:
-            if exc.status_code != 406 and exc.status_code < 500:
-                raise
-            # This instance is stored in a syntax the server cannot transcode from (a
-            # series may mix syntaxes): fetch it as stored and let _prepare decide.
-            return Payload(part10=await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX))
+        # As stored when the server cannot transcode this instance: _prepare decides.
+        return Payload(part10=await self.ctx.client.retrieve_instance_transcoded(ref, hint))
 
     def subops(self) -> Generator[SubOp, None, None]:
         retrieve = self.ctx.config.retrieve

@@ -79,20 +79,12 @@ def describe(error: BridgeError) -> str:
     return str(error)
 
 
-def _is_transient(error: DicomwebError) -> bool:
-    if isinstance(error, DicomwebUnavailable | DicomwebTimeout):
-        return True
-    return isinstance(error, DicomwebHTTPError) and (
-        error.status_code >= 500 or error.status_code == 429
-    )
-
-
 def find_failure(error: BridgeError) -> Dataset:
     """The C-FIND failure status for an error raised while answering a query."""
     if isinstance(error, InvalidIdentifier):
         return status_dataset(IDENTIFIER_MISMATCH, str(error))
     if isinstance(error, DicomwebError):
-        if _is_transient(error):
+        if error.busy:
             return status_dataset(OUT_OF_RESOURCES, describe(error))
         if isinstance(error, DicomwebProtocolError):
             return status_dataset(DICOMWEB_UNREADABLE, describe(error))
@@ -162,7 +154,7 @@ def store_status(result: StowResult) -> Dataset:
 
 def store_failure(error: BridgeError) -> Dataset:
     """The C-STORE status when STOW-RS could not be done at all (nothing was acknowledged)."""
-    if isinstance(error, DicomwebError) and _is_transient(error):
+    if isinstance(error, DicomwebError) and error.busy:
         return status_dataset(OUT_OF_RESOURCES, describe(error))
     if isinstance(error, DicomwebProtocolError):
         return status_dataset(DICOMWEB_UNREADABLE, describe(error))

@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
-from bridge.dicomweb.breaker import CircuitBreaker, Outcome, State, classify
-from bridge.dicomweb.retry import RetryPolicy, is_retryable, retrying
+from bridge.dicomweb.breaker import CircuitBreaker, State, classify
+from bridge.dicomweb.outcomes import Outcome, is_retryable
+from bridge.dicomweb.retry import RetryPolicy, retrying
 from bridge.errors import (
     DicomwebCircuitOpen,
     DicomwebError,

@@ -11,7 +11,8 @@ import pytest
 
 from bridge.dicomweb.client import DicomwebClient, outcome_of
 from bridge.dicomweb.multipart import MultipartError
-from bridge.dicomweb.retry import RetryPolicy, backoff, is_retryable, parse_retry_after, retrying
+from bridge.dicomweb.outcomes import is_retryable
+from bridge.dicomweb.retry import RetryPolicy, backoff, parse_retry_after, retrying
 from bridge.errors import (
     DicomwebError,
     DicomwebHTTPError,

@@ -1,0 +1,144 @@
+"""What a failed DICOMweb exchange means: the one table the retry policy, the circuit
+breaker, the metrics, the C-GET fallback and the DIMSE status mapping read.
+
+Each outcome (an HTTP status, or the bridge error a transport failure became) has one
+``Row``:
+
+- ``busy``: the server is unreachable, overloaded or failing, and asking again later may
+  well succeed. ``translate/status.py`` answers it with Out of Resources (0xA700), through
+  ``DicomwebError.busy``, so the DIMSE side never looks at an HTTP code.
+- ``retry``: an idempotent read (QIDO-RS, WADO-RS) is retried on it (``retry.py``).
+  STOW-RS is retried only when the request never left (``DicomwebError.never_sent``).
+- ``breaker``: what it proves about the server (``breaker.py``'s docstring says why).
+- ``label``: the metrics outcome label (``bridge_http_requests_total{outcome=...}``).
+- ``as_stored``: a WADO-RS request for a transfer syntax that failed this way is asked
+  again for the instance as stored: the server cannot transcode this instance (406), or
+  failed trying to (5xx; Orthanc answers 500 for a syntax it cannot convert from).
+
+::
+
+    outcome                          busy  retry  breaker      label            as_stored
+    HTTP 429                         yes   yes    reachable    "429"            no
+    HTTP 500, 501, 505 and above     yes   no     reachable    "500"...         yes
+    HTTP 502, 504                    yes   yes    unreachable  "502", "504"     yes
+    HTTP 503 without Retry-After     yes   yes    unreachable  "503"            yes
+    HTTP 503 with Retry-After        yes   yes    reachable    "503"            yes
+    HTTP 406                         no    no     reachable    "406"            yes
+    any other HTTP status            no    no     reachable    the status       no
+    circuit open (not asked)         yes   no     unreachable  "connect_error"  no
+    timeout                          yes   no     unreachable  "timeout"        no
+    connection never made            yes   yes    unreachable  "connect_error"  no
+    connection broke under request   yes   yes    neither      "transport_error" no
+    TLS handshake failed             no    no     neither      "tls_error"      no
+    answer cut short                 no    yes    neither      "protocol_error" no
+    answer not understood            no    no     neither      "protocol_error" no
+    any other DicomwebError          no    no     neither      "error"          no
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from bridge.errors import (
+    DicomwebCircuitOpen,
+    DicomwebError,
+    DicomwebHTTPError,
+    DicomwebProtocolError,
+    DicomwebTimeout,
+    DicomwebTLSError,
+    DicomwebUnavailable,
+)
+
+
+class Outcome(Enum):
+    """What one exchange proves about the server, for the circuit breaker."""
+
+    REACHABLE = "reachable"
+    UNREACHABLE = "unreachable"
+    NEITHER = "neither"
+
+
+@dataclass(frozen=True)
+class Row:
+    busy: bool
+    retry: bool
+    breaker: Outcome
+    label: str
+    as_stored: bool = False
+
+
+_R, _U, _N = Outcome.REACHABLE, Outcome.UNREACHABLE, Outcome.NEITHER
+
+# HTTP statuses with a row of their own; any other 5xx is SERVER_ERROR, anything else
+# (3xx redirects not followed, 4xx) CLIENT_ERROR. The label is the status itself.
+_HTTP: dict[int, Row] = {
+    429: Row(busy=True, retry=True, breaker=_R, label="429"),
+    502: Row(busy=True, retry=True, breaker=_U, label="502", as_stored=True),
+    503: Row(busy=True, retry=True, breaker=_U, label="503", as_stored=True),
+    504: Row(busy=True, retry=True, breaker=_U, label="504", as_stored=True),
+    406: Row(busy=False, retry=False, breaker=_R, label="406", as_stored=True),
+}
+_SERVER_ERROR = Row(busy=True, retry=False, breaker=_R, label="", as_stored=True)
+_CLIENT_ERROR = Row(busy=False, retry=False, breaker=_R, label="")
+# A 503 that says when to come back comes from a live server (breaker.py).
+_BUSY_WITH_RETRY_AFTER = Row(busy=True, retry=True, breaker=_R, label="503", as_stored=True)
+
+CIRCUIT_OPEN = Row(busy=True, retry=False, breaker=_U, label="connect_error")
+TIMEOUT = Row(busy=True, retry=False, breaker=_U, label="timeout")
+NEVER_CONNECTED = Row(busy=True, retry=True, breaker=_U, label="connect_error")
+CONNECTION_BROKE = Row(busy=True, retry=True, breaker=_N, label="transport_error")
+TLS_FAILED = Row(busy=False, retry=False, breaker=_N, label="tls_error")
+CUT_SHORT = Row(busy=False, retry=True, breaker=_N, label="protocol_error")
+NOT_UNDERSTOOD = Row(busy=False, retry=False, breaker=_N, label="protocol_error")
+OTHER = Row(busy=False, retry=False, breaker=_N, label="error")
+# A 2xx answer.
+SUCCESS = Row(busy=False, retry=False, breaker=_R, label="200")
+
+
+def http_row(status_code: int, *, retry_after: bool = False) -> Row:
+    """The row of an HTTP error status (`retry_after`: the answer carried Retry-After)."""
+    if status_code == 503 and retry_after:
+        return _BUSY_WITH_RETRY_AFTER
+    row = _HTTP.get(status_code)
+    if row is None:
+        row = _SERVER_ERROR if status_code >= 500 else _CLIENT_ERROR
+    return row if row.label else _labelled(row, status_code)
+
+
+def _labelled(row: Row, status_code: int) -> Row:
+    return Row(row.busy, row.retry, row.breaker, str(status_code), row.as_stored)
+
+
+def classify(error: DicomwebError | None) -> Row:
+    """The row of one exchange's outcome (None: a 2xx answer)."""
+    if error is None:
+        return SUCCESS
+    if isinstance(error, DicomwebHTTPError):
+        return http_row(error.status_code, retry_after=error.retry_after is not None)
+    if isinstance(error, DicomwebCircuitOpen):
+        return CIRCUIT_OPEN
+    if isinstance(error, DicomwebTimeout):
+        return TIMEOUT
+    if isinstance(error, DicomwebUnavailable):
+        return NEVER_CONNECTED if error.never_sent else CONNECTION_BROKE
+    if isinstance(error, DicomwebTLSError):
+        return TLS_FAILED
+    if isinstance(error, DicomwebProtocolError):
+        return CUT_SHORT if error.transient else NOT_UNDERSTOOD
+    return OTHER
+
+
+def is_retryable(error: DicomwebError, *, idempotent: bool) -> bool:
+    """Whether the retry policy tries `error`'s request again (its deadline permitting)."""
+    if isinstance(error, DicomwebCircuitOpen):
+        return False
+    if not idempotent:
+        return error.never_sent
+    return classify(error).retry
+
+
+def fetch_as_stored_instead(error: DicomwebError) -> bool:
+    """Whether a WADO-RS request for a transfer syntax that failed with `error` should be
+    asked again for the instance as stored (``transfer-syntax=*``)."""
+    return classify(error).as_stored
