@@ -26,7 +26,13 @@ from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
 from bridge.models import QidoQuery, QidoResource
-from bridge.translate.status import SUCCESS, status_dataset
+from bridge.translate.status import (
+    INVALID_ARGUMENT_VALUE,
+    NO_SUCH_ACTION,
+    NO_SUCH_OBJECT_INSTANCE,
+    SUCCESS,
+    status_dataset,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -35,9 +41,6 @@ STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_COMMITMENT = 1  # Action Type ID
 ALL_COMMITTED = 1  # Event Type IDs
 SOME_FAILED = 2
-NO_SUCH_OBJECT_INSTANCE = 0x0112
-INVALID_ARGUMENT_VALUE = 0x0115
-NO_SUCH_ACTION = 0x0123
 _UIDS_PER_QUERY = 50  # keeps each QIDO-RS URL well under common 8 KB limits
 _REPORT_TIMEOUT = 5.0  # seconds to wait for the N-EVENT-REPORT-RSP on the same association
 

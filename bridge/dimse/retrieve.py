@@ -47,6 +47,7 @@ from bridge.translate.status import (
     IDENTIFIER_MISMATCH,
     OUT_OF_RESOURCES_MATCHES,
     OUT_OF_RESOURCES_SUBOPS,
+    STORE_RESPONSE_WARNINGS,
     SUCCESS,
     WARNING_SUBOPS,
     describe,
@@ -74,8 +75,6 @@ from bridge.translate.transcode import (
 
 LOGGER = logging.getLogger(__name__)
 
-# Storage statuses that count as warnings (PS3.4 B.2.3): coercion, elements discarded.
-_STORE_WARNINGS = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
 _LOCAL = "local"  # syntax hint: fetch as stored and decompress here
 
 
@@ -418,7 +417,7 @@ class Tally:
         if status == SUCCESS:
             self.completed += 1
             self.bytes_sent += size
-        elif status in _STORE_WARNINGS:
+        elif status in STORE_RESPONSE_WARNINGS:
             self.warnings += 1
             self.bytes_sent += size
         elif status is None:

@@ -1,4 +1,15 @@
-"""Named DIMSE statuses (PS3.4 Annex C and B) and the mapping from bridge errors to them."""
+"""Named DIMSE statuses (PS3.4, PS3.7 C), their categories, and the mapping from bridge
+errors to them: every status the bridge sends or reads is named here, once.
+
+Pure (pydicom only): the category of a status is a PS3.7 table of our own rather than
+``pynetdicom.status.code_to_category``, because this layer imports no pynetdicom; a unit
+test checks the two agree on every code 0x0000-0xFFFF that pynetdicom knows. The one
+difference is deliberate: a code pynetdicom calls "Unknown" is a failure here (PS3.7
+C.1: anything not success, warning, pending or cancel is a failure to the requestor).
+
+DicomwebError → status goes by what the error says about itself (``busy``, set by the
+outcome table in ``bridge/dicomweb/outcomes.py``), never by an HTTP code.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +29,21 @@ from bridge.models import StowResult
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
+PENDING_OPTIONAL_KEYS = 0xFF01  # C-FIND: pending, optional keys not supported
 CANCEL = 0xFE00
 WARNING_SUBOPS = 0xB000  # C-GET/C-MOVE: one or more sub-operations failed
+# PS3.7 C.4 warnings outside 0xB000-0xBFFF: requested optional attributes not supported
+# (C-FIND, N-GET; some storage SCPs answer a C-STORE with it), attribute list error and
+# attribute value out of range (DIMSE-N).
+WARNING_OPTIONAL_ATTRIBUTES = 0x0001
+WARNING_ATTRIBUTE_LIST = 0x0107
+WARNING_ATTRIBUTE_VALUE_OUT_OF_RANGE = 0x0116
+
+# Storage commitment (PS3.4 J.3): N-ACTION statuses, and the Failure Reason of an
+# instance the bridge cannot commit.
+NO_SUCH_OBJECT_INSTANCE = 0x0112
+INVALID_ARGUMENT_VALUE = 0x0115
+NO_SUCH_ACTION = 0x0123
 
 # C-FIND failures (PS3.4 C.4.1.1.4)
 OUT_OF_RESOURCES = 0xA700
@@ -105,6 +129,31 @@ STORE_MISMATCH_WARNING = 0xB007
 STORE_SOP_CLASS_NOT_SUPPORTED = 0x0122
 DUPLICATE_SOP_INSTANCE = 0x0111
 _STORE_WARNING_CODES = frozenset({STORE_COERCION, STORE_ELEMENTS_DISCARDED, STORE_MISMATCH_WARNING})
+# What a peer's C-STORE response may say while still having stored the instance (a
+# C-GET/C-MOVE sub-operation with a warning).
+STORE_RESPONSE_WARNINGS = _STORE_WARNING_CODES | {WARNING_OPTIONAL_ATTRIBUTES}
+
+SUCCESS_CATEGORY = "success"
+WARNING_CATEGORY = "warning"
+FAILURE_CATEGORY = "failure"
+CANCEL_CATEGORY = "cancel"
+PENDING_CATEGORY = "pending"
+_WARNINGS = frozenset(
+    {WARNING_OPTIONAL_ATTRIBUTES, WARNING_ATTRIBUTE_LIST, WARNING_ATTRIBUTE_VALUE_OUT_OF_RANGE}
+)
+
+
+def category(status: int) -> str:
+    """success, warning, failure, cancel or pending: the class of a DIMSE status (PS3.7 C)."""
+    if status == SUCCESS:
+        return SUCCESS_CATEGORY
+    if status == CANCEL:
+        return CANCEL_CATEGORY
+    if status in (PENDING, PENDING_OPTIONAL_KEYS):
+        return PENDING_CATEGORY
+    if 0xB000 <= status <= 0xBFFF or status in _WARNINGS:
+        return WARNING_CATEGORY
+    return FAILURE_CATEGORY
 
 
 def store_status(result: StowResult) -> Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pynetdicom.status import code_to_category
 
 from bridge.errors import (
     BridgeError,
@@ -14,13 +15,10 @@ from bridge.errors import (
     InvalidIdentifier,
     TranslationError,
 )
+from bridge.translate import status as status_module
 from bridge.translate.status import (
-    DICOMWEB_REJECTED,
-    DICOMWEB_UNREADABLE,
-    IDENTIFIER_MISMATCH,
-    INTERNAL_ERROR,
-    OUT_OF_RESOURCES,
-    UNABLE_TO_PROCESS,
+    STORE_RESPONSE_WARNINGS,
+    category,
     find_failure,
     internal_error,
     status_dataset,
@@ -33,13 +31,39 @@ def http(code: int, reason: str = "Reason") -> DicomwebHTTPError:
     return DicomwebHTTPError(code, reason, URL)
 
 
-def test_status_code_values() -> None:
-    assert OUT_OF_RESOURCES == 0xA700
-    assert IDENTIFIER_MISMATCH == 0xA900
-    assert UNABLE_TO_PROCESS == 0xC000
-    assert DICOMWEB_REJECTED == 0xC001
-    assert DICOMWEB_UNREADABLE == 0xC002
-    assert INTERNAL_ERROR == 0xC0FF
+def _named_statuses() -> dict[str, int]:
+    """Every status constant bridge.translate.status names (upper-case int attributes)."""
+    return {
+        name: value
+        for name, value in vars(status_module).items()
+        if name.isupper()
+        and not name.startswith("_")
+        and isinstance(value, int)
+        and 0 <= value <= 0xFFFF
+        and not name.endswith("_MAX")
+    }
+
+
+def test_every_named_status_has_the_category_pynetdicom_and_ps3_7_give_it() -> None:
+    named = _named_statuses()
+    assert len(named) >= 30  # the check below is not vacuous
+    for name, code in named.items():
+        theirs = code_to_category(code).lower()
+        ours = category(code)
+        # pynetdicom does not know the bridge's own 0xC0xx codes: they are failures
+        # (PS3.7 C.1: 0xC000-0xCFFF "unable to process").
+        assert ours == (theirs if theirs != "unknown" else "failure"), (name, hex(code))
+
+
+def test_category_agrees_with_pynetdicom_on_every_code_it_knows() -> None:
+    for code in range(0x10000):
+        theirs = code_to_category(code).lower()
+        assert category(code) == ("failure" if theirs == "unknown" else theirs), hex(code)
+
+
+def test_store_response_warnings_are_warnings() -> None:
+    assert STORE_RESPONSE_WARNINGS >= {0x0001, 0xB000, 0xB006, 0xB007}
+    assert {category(code) for code in STORE_RESPONSE_WARNINGS} == {"warning"}
 
 
 def test_invalid_identifier() -> None:
