@@ -25,16 +25,16 @@ from dicomweb_client.uri import URI, URISuffix
 
 from bridge.config import DicomwebConfig
 from bridge.dicomweb.breaker import CircuitBreaker, Listener
-from bridge.dicomweb.multipart import MultipartDecoder, Part, boundary_from_content_type
+from bridge.dicomweb.multipart import (
+    MultipartDecoder,
+    MultipartEncoder,
+    Part,
+    boundary_from_content_type,
+)
 from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
-from bridge.dicomweb.stow import (
-    new_boundary,
-    parse_stow_response,
-    part10_body,
-    stow_content_type,
-)
+from bridge.dicomweb.stow import parse_stow_response, part10_body
 from bridge.errors import (
     DicomwebError,
     DicomwebHTTPError,
@@ -409,15 +409,15 @@ class DicomwebClient:
         url = f"{self.base_url}/studies"
 
         async def attempt() -> httpx.Response:
-            boundary = new_boundary()
+            encoder = MultipartEncoder()
             headers = {
-                "Content-Type": stow_content_type(boundary),
+                "Content-Type": encoder.content_type,
                 "Accept": DICOM_JSON,
                 **_NO_GZIP,
             }
             with map_errors(url):
                 return await self.http.post(
-                    url, content=part10_body(path, boundary), headers=headers
+                    url, content=part10_body(path, encoder), headers=headers
                 )
 
         # Not idempotent: retried only when no connection could be made at all.

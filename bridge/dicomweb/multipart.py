@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_MAX_HEADER_BYTES",
     "Event",
     "MultipartDecoder",
+    "MultipartEncoder",
     "MultipartError",
     "MultipartParser",
     "Part",
@@ -460,6 +461,55 @@ class MultipartDecoder:
 # --------------------------------------------------------------------------- encoder
 
 
+class MultipartEncoder:
+    """Sans-IO multipart/related framing: the bytes that go around each part's body.
+
+    ``content_type`` is the message's Content-Type header value; ``part(content_type)``
+    returns the delimiter and header block that go before a part's body, ``close()`` the
+    close delimiter. Bodies are not passed through the encoder, so they can stream from
+    anywhere (STOW-RS sends a Part 10 file in chunks); ``check_body`` refuses a body
+    holding the delimiter, for callers that have it in memory. The boundary defaults to
+    a random uuid4 hex string, which no DICOM body holds by chance. ValueError for an
+    invalid boundary or a content type containing CR/LF.
+    """
+
+    def __init__(self, boundary: str | None = None, *, root_type: str = "application/dicom"):
+        if boundary is None:
+            boundary = uuid.uuid4().hex
+        elif not _BOUNDARY_RE.fullmatch(boundary):
+            raise ValueError(f"invalid multipart boundary {boundary!r} (RFC 2046 5.1.1)")
+        _check_header_value(root_type)
+        self.boundary = boundary
+        shown = boundary if _TOKEN_RE.fullmatch(boundary) else f'"{boundary}"'
+        self.content_type = f'multipart/related; type="{root_type}"; boundary={shown}'
+        self._dash_boundary = b"--" + boundary.encode("ascii")
+        self._delimiter = _CRLF + self._dash_boundary
+        # The first part's delimiter has no CRLF before it (no preamble).
+        self._lead = self._dash_boundary
+        self._closed = False
+
+    def part(self, content_type: str) -> bytes:
+        """The delimiter and header block before the next part's body."""
+        if self._closed:
+            raise ValueError("multipart message already closed")
+        _check_header_value(content_type)
+        head = b"%s\r\nContent-Type: %s\r\n\r\n" % (self._lead, content_type.encode("ascii"))
+        self._lead = self._delimiter
+        return head
+
+    def check_body(self, body: bytes) -> None:
+        """ValueError when `body` holds the delimiter (it would end its part early)."""
+        # Also catches a body that starts with the delimiter minus its CRLF: it would follow
+        # the part's header block, whose blank line supplies the CRLF.
+        if self._delimiter in body or body.startswith(self._dash_boundary):
+            raise ValueError("multipart part body contains the boundary delimiter")
+
+    def close(self) -> bytes:
+        """The close delimiter: the end of the message."""
+        self._closed = True
+        return self._lead + b"--\r\n"
+
+
 def encode_multipart(
     parts: Iterable[tuple[str, bytes]],
     boundary: str | None = None,
@@ -469,35 +519,22 @@ def encode_multipart(
     """The Content-Type header value and the body chunks of a multipart/related message.
 
     Each part is ``(content_type, body)``. Bodies are yielded as given, never concatenated,
-    and `parts` is only iterated as the chunks are consumed, so a STOW-RS upload can stream.
-    The boundary defaults to a random uuid4 hex string. ValueError for an invalid boundary,
-    a content type containing CR/LF, or (while iterating) a body containing the delimiter.
+    and `parts` is only iterated as the chunks are consumed. The boundary defaults to a
+    random uuid4 hex string. ValueError for an invalid boundary, a content type
+    containing CR/LF, or (while iterating) a body containing the delimiter.
     """
-    if boundary is None:
-        boundary = uuid.uuid4().hex
-    elif not _BOUNDARY_RE.fullmatch(boundary):
-        raise ValueError(f"invalid multipart boundary {boundary!r} (RFC 2046 5.1.1)")
-    _check_header_value(root_type)
-    shown = boundary if _TOKEN_RE.fullmatch(boundary) else f'"{boundary}"'
-    header = f'multipart/related; type="{root_type}"; boundary={shown}'
-    return header, _encode_body(parts, boundary.encode("ascii"))
+    encoder = MultipartEncoder(boundary, root_type=root_type)
+    return encoder.content_type, _encode_body(parts, encoder)
 
 
-def _encode_body(parts: Iterable[tuple[str, bytes]], boundary: bytes) -> Iterator[bytes]:
-    dash_boundary = b"--" + boundary
-    delimiter = _CRLF + dash_boundary
-    lead = dash_boundary
+def _encode_body(parts: Iterable[tuple[str, bytes]], encoder: MultipartEncoder) -> Iterator[bytes]:
     for content_type, body in parts:
-        _check_header_value(content_type)
-        # Also catches a body that starts with the delimiter minus its CRLF: it would follow
-        # the part's header block, whose blank line supplies the CRLF.
-        if delimiter in body or body.startswith(dash_boundary):
-            raise ValueError("multipart part body contains the boundary delimiter")
-        yield b"%s\r\nContent-Type: %s\r\n\r\n" % (lead, content_type.encode("ascii"))
+        head = encoder.part(content_type)
+        encoder.check_body(body)
+        yield head
         if body:
             yield body
-        lead = delimiter
-    yield lead + b"--\r\n"
+    yield encoder.close()
 
 
 def _check_header_value(value: str) -> None:

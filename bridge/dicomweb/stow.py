@@ -1,16 +1,21 @@
-"""STOW-RS request bodies streamed from a Part 10 file, and STOW-RS answers parsed (PS3.18 10.5)."""
+"""STOW-RS request bodies streamed from a Part 10 file, and STOW-RS answers parsed (PS3.18 10.5).
+
+The framing around the file is ``multipart.MultipartEncoder``'s, the one encoder.
+"""
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from bridge.dicomweb.multipart import MultipartEncoder
 from bridge.models import StowResult
+
+PART10 = "application/dicom"
 
 _CHUNK = 256 * 1024
 # PS3.18 Table 10.5.3-2 attributes of the Store Instances Response Module.
@@ -21,34 +26,27 @@ _FAILURE_REASON = "00081197"
 _WARNING_REASON = "00081196"
 
 
-def stow_content_type(boundary: str) -> str:
-    return f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
-def new_boundary() -> str:
-    return uuid.uuid4().hex
-
-
 # Up to this size a file is sent from memory: reading it in one go costs less than
 # handing every chunk to a worker thread, and the C-STORE waits on this round trip.
 IN_MEMORY_LIMIT = 16 * 1024 * 1024
 
 
-def part10_body(path: Path, boundary: str) -> bytes | AsyncIterator[bytes]:
-    """The STOW-RS request body for one Part 10 file: bytes when small, else a stream."""
+def part10_body(path: Path, encoder: MultipartEncoder) -> bytes | AsyncIterator[bytes]:
+    """The STOW-RS request body for one Part 10 file (`encoder.content_type` is its
+    Content-Type): bytes when small, else a stream."""
+    head = encoder.part(PART10)
     if path.stat().st_size > IN_MEMORY_LIMIT:
-        return stream_part10(path, boundary)
-    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
-    return head + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode("ascii")
+        return stream_part10(path, head, encoder.close())
+    return head + path.read_bytes() + encoder.close()
 
 
-async def stream_part10(path: Path, boundary: str) -> AsyncIterator[bytes]:
+async def stream_part10(path: Path, head: bytes, tail: bytes) -> AsyncIterator[bytes]:
     """One-part multipart/related body, read from `path` in chunks (never whole in memory)."""
-    yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
+    yield head
     async with await anyio.open_file(path, "rb") as handle:
         while chunk := await handle.read(_CHUNK):
             yield chunk
-    yield f"\r\n--{boundary}--\r\n".encode("ascii")
+    yield tail
 
 
 def _uint(item: Mapping[str, Any], tag: str) -> int | None:
