@@ -73,6 +73,13 @@ class DicomwebError(BridgeError):
 
         return classify(self).busy
 
+    @property
+    def credentials_refused(self) -> bool:
+        """The server refused the bridge's credentials (the outcome table's ``refused``)."""
+        from bridge.dicomweb.outcomes import classify
+
+        return classify(self).refused
+
 
 class DicomwebUnavailable(DicomwebError):
     """The DICOMweb server could not be reached."""

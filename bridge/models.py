@@ -89,3 +89,12 @@ class StowResult:
     failure_reason: int | None = None
     warning_reason: int | None = None
     reason_phrase: str = ""
+    # The HTTP answer's verdict, read by the DICOMweb side (bridge/dicomweb/stow.py and
+    # its outcome table) so that the C-STORE status mapping need not know HTTP codes:
+    # a 2xx; a 202 (stored with warnings); a 409 (conflict: already held); busy
+    # (429, 5xx); credentials refused (401, 403).
+    http_success: bool = False
+    accepted_with_warnings: bool = False
+    conflict: bool = False
+    busy: bool = False
+    credentials_refused: bool = False

@@ -11,6 +11,8 @@ Each outcome (an HTTP status, or the bridge error a transport failure became) ha
   STOW-RS is retried only when the request never left (``DicomwebError.never_sent``).
 - ``breaker``: what it proves about the server (``breaker.py``'s docstring says why).
 - ``label``: the metrics outcome label (``bridge_http_requests_total{outcome=...}``).
+- ``refused``: the server refused the bridge's credentials (401, 403): the
+  ErrorComment says "authentication failed".
 - ``as_stored``: a WADO-RS request for a transfer syntax that failed this way is asked
   again for the instance as stored: the server cannot transcode this instance (406), or
   failed trying to (5xx; Orthanc answers 500 for a syntax it cannot convert from).
@@ -24,6 +26,7 @@ Each outcome (an HTTP status, or the bridge error a transport failure became) ha
     HTTP 503 without Retry-After     yes   yes    unreachable  "503"            yes
     HTTP 503 with Retry-After        yes   yes    reachable    "503"            yes
     HTTP 406                         no    no     reachable    "406"            yes
+    HTTP 401, 403 (refused)          no    no     reachable    "401", "403"     no
     any other HTTP status            no    no     reachable    the status       no
     circuit open (not asked)         yes   no     unreachable  "connect_error"  no
     timeout                          yes   no     unreachable  "timeout"        no
@@ -66,6 +69,7 @@ class Row:
     breaker: Outcome
     label: str
     as_stored: bool = False
+    refused: bool = False
 
 
 _R, _U, _N = Outcome.REACHABLE, Outcome.UNREACHABLE, Outcome.NEITHER
@@ -78,6 +82,8 @@ _HTTP: dict[int, Row] = {
     503: Row(busy=True, retry=True, breaker=_U, label="503", as_stored=True),
     504: Row(busy=True, retry=True, breaker=_U, label="504", as_stored=True),
     406: Row(busy=False, retry=False, breaker=_R, label="406", as_stored=True),
+    401: Row(busy=False, retry=False, breaker=_R, label="401", refused=True),
+    403: Row(busy=False, retry=False, breaker=_R, label="403", refused=True),
 }
 _SERVER_ERROR = Row(busy=True, retry=False, breaker=_R, label="", as_stored=True)
 _CLIENT_ERROR = Row(busy=False, retry=False, breaker=_R, label="")
@@ -107,7 +113,7 @@ def http_row(status_code: int, *, retry_after: bool = False) -> Row:
 
 
 def _labelled(row: Row, status_code: int) -> Row:
-    return Row(row.busy, row.retry, row.breaker, str(status_code), row.as_stored)
+    return Row(row.busy, row.retry, row.breaker, str(status_code), row.as_stored, row.refused)
 
 
 def classify(error: DicomwebError | None) -> Row:

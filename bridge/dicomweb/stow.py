@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from bridge.dicomweb.multipart import MultipartEncoder
+from bridge.dicomweb.outcomes import http_row
 from bridge.models import StowResult
 
 PART10 = "application/dicom"
@@ -107,4 +108,10 @@ def parse_stow_response(
         failure_reason=failure_reason,
         warning_reason=warning_reason,
         reason_phrase=reason_phrase,
+        http_success=200 <= status_code < 300,
+        # PS3.18 10.5.3: 202 Accepted, some instances stored with warnings or failed.
+        accepted_with_warnings=status_code == 202,
+        conflict=status_code == 409,
+        busy=status_code >= 400 and http_row(status_code).busy,
+        credentials_refused=status_code >= 400 and http_row(status_code).refused,
     )

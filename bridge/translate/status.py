@@ -89,7 +89,7 @@ def _clip(comment: str) -> str:
 def describe(error: BridgeError) -> str:
     """A short, integrator-facing reason for an error (ErrorComment material)."""
     if isinstance(error, DicomwebHTTPError):
-        if error.status_code in (401, 403):
+        if error.credentials_refused:
             return f"DICOMweb authentication failed: HTTP {error.status_code}"
         return f"DICOMweb server answered HTTP {error.status_code}"
     if isinstance(error, DicomwebTimeout):
@@ -166,14 +166,14 @@ def store_status(result: StowResult) -> Dataset:
     code = result.status_code
     if result.stored:
         warning = result.warning_reason
-        if warning is not None or code == 202:
+        if warning is not None or result.accepted_with_warnings:
             status = warning if warning in _STORE_WARNING_CODES else STORE_COERCION
             detail = f"warning reason 0x{warning:04X}" if warning is not None else "HTTP 202"
             return status_dataset(status, f"stored by the DICOMweb server with {detail}")
         return status_dataset(SUCCESS)
     reason = result.failure_reason
     reason_text = f" (failure reason 0x{reason:04X})" if reason is not None else ""
-    if reason == DUPLICATE_SOP_INSTANCE or (code == 409 and reason is None):
+    if reason == DUPLICATE_SOP_INSTANCE or (result.conflict and reason is None):
         return status_dataset(
             STORE_COERCION, f"already present on the DICOMweb server (HTTP {code})"
         )
@@ -186,13 +186,13 @@ def store_status(result: StowResult) -> Dataset:
         return status_dataset(
             STORE_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported by the server"
         )
-    if (reason is not None and reason & 0xFF00 == OUT_OF_RESOURCES) or code >= 500 or code == 429:
+    if (reason is not None and reason & 0xFF00 == OUT_OF_RESOURCES) or result.busy:
         return status_dataset(
             OUT_OF_RESOURCES, f"DICOMweb server busy or failing: HTTP {code}{reason_text}"
         )
-    if code in (401, 403):
+    if result.credentials_refused:
         return status_dataset(DICOMWEB_REJECTED, f"DICOMweb authentication failed: HTTP {code}")
-    if 200 <= code < 300:
+    if result.http_success:
         return status_dataset(
             UNABLE_TO_PROCESS, f"HTTP {code} but the server did not list the instance{reason_text}"
         )

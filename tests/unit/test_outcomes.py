@@ -54,8 +54,8 @@ ROWS: list[tuple[DicomwebError | None, bool, bool, Outcome, str, bool]] = [
     (http(503, retry_after=2.0), True, True, R, "503", True),
     (http(406), False, False, R, "406", True),
     (http(400), False, False, R, "400", False),
-    (http(401), False, False, R, "401", False),
-    (http(403), False, False, R, "403", False),
+    (http(401), False, False, R, "401", False),  # refused (below)
+    (http(403), False, False, R, "403", False),  # refused (below)
     (http(404), False, False, R, "404", False),
     (http(409), False, False, R, "409", False),
     (http(302), False, False, R, "302", False),
@@ -83,9 +83,11 @@ def test_every_row_of_the_table(
     label: str,
     as_stored: bool,
 ) -> None:
-    assert classify(error) == Row(busy, retry, breaker, label, as_stored)
+    refused = label in ("401", "403")
+    assert classify(error) == Row(busy, retry, breaker, label, as_stored, refused)
     if error is None:
         return
+    assert error.credentials_refused is refused
     # Every reader answers from that row.
     assert error.busy is busy
     assert is_retryable(error, idempotent=True) is retry

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pynetdicom.status import code_to_category
 
+from bridge.dicomweb.stow import parse_stow_response
 from bridge.errors import (
     BridgeError,
     DicomwebError,
@@ -22,6 +25,8 @@ from bridge.translate.status import (
     find_failure,
     internal_error,
     status_dataset,
+    store_failure,
+    store_status,
 )
 
 URL = "http://pacs.example.org/dicom-web/studies"
@@ -177,3 +182,63 @@ def test_status_dataset_without_comment() -> None:
     assert ds.Status == 0x0000
     assert "ErrorComment" not in ds
     assert "ErrorComment" not in status_dataset(0xC000, "")
+
+
+# --- STOW-RS answer → C-STORE status (parse_stow_response on the DICOMweb side, then
+# store_status, which reads only the verdict) -------------------------------------------
+
+UID = "1.2.3.4"
+STORED = json.dumps(
+    {"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [UID]}}]}}
+).encode()
+
+
+def failed_with(reason: int) -> bytes:
+    item = {"00081155": {"vr": "UI", "Value": [UID]}, "00081197": {"vr": "US", "Value": [reason]}}
+    return json.dumps({"00081198": {"vr": "SQ", "Value": [item]}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("code", "body", "status", "comment"),
+    [
+        (200, STORED, 0x0000, None),
+        (200, b"", 0x0000, None),
+        (202, STORED, 0xB000, "stored by the DICOMweb server with HTTP 202"),
+        (409, b"", 0xB000, "already present on the DICOMweb server (HTTP 409)"),
+        (409, failed_with(0x0111), 0xB000, "already present on the DICOMweb server (HTTP 409)"),
+        (409, failed_with(0xA900), 0xA900, "server says the data set does not match its SOP"),
+        (409, failed_with(0x0122), 0x0122, "SOP class not supported by the server"),
+        (409, failed_with(0xA700), 0xA700, "DICOMweb server busy or failing: HTTP 409"),
+        (503, b"", 0xA700, "DICOMweb server busy or failing: HTTP 503"),
+        (500, b"", 0xA700, "DICOMweb server busy or failing: HTTP 500"),
+        (429, b"", 0xA700, "DICOMweb server busy or failing: HTTP 429"),
+        (401, b"", 0xC001, "DICOMweb authentication failed: HTTP 401"),
+        (403, b"", 0xC001, "DICOMweb authentication failed: HTTP 403"),
+        (204, b"", 0xC000, "HTTP 204 but the server did not list the instance"),
+        (400, b"", 0xC000, "DICOMweb server refused it: HTTP 400"),
+        (413, b"", 0xC000, "DICOMweb server refused it: HTTP 413"),
+    ],
+)
+def test_stow_answer_to_c_store_status(
+    code: int, body: bytes, status: int, comment: str | None
+) -> None:
+    ds = store_status(parse_stow_response(code, body, UID))
+    assert ds.Status == status
+    if comment is None:
+        assert "ErrorComment" not in ds
+    else:
+        assert ds.ErrorComment.startswith(comment)
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (DicomwebUnavailable("refused"), 0xA700),
+        (DicomwebTimeout("slow"), 0xA700),
+        (DicomwebProtocolError("not JSON"), 0xC002),
+        (DicomwebError("other"), 0xC000),
+        (TranslationError("x"), 0xC000),
+    ],
+)
+def test_stow_not_done_at_all_to_c_store_status(error: BridgeError, status: int) -> None:
+    assert store_failure(error).Status == status
