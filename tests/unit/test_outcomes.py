@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -188,3 +191,23 @@ def test_make_client_pages_by_the_configured_page_size() -> None:
             await client.aclose()
 
     assert asyncio.run(go()) == 42
+
+
+def test_the_status_mapping_reads_the_table_without_loading_httpx() -> None:
+    # translate/status asks DicomwebError.busy, which reads this table: the table must
+    # stay importable without the HTTP stack (checked in a fresh interpreter).
+    code = (
+        "import sys\n"
+        "from bridge.errors import DicomwebHTTPError\n"
+        "from bridge.translate.status import find_failure\n"
+        "assert find_failure(DicomwebHTTPError(503, 'busy', 'u')).Status == 0xA700\n"
+        "assert 'bridge.dicomweb.outcomes' in sys.modules\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'httpcore',"
+        " 'pynetdicom', 'anyio')))\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
