@@ -31,7 +31,7 @@ from bridge.dicomweb.multipart import (
     Part,
     boundary_from_content_type,
 )
-from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead
+from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead, http_row
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import parse_stow_response, part10_body
@@ -451,7 +451,7 @@ class DicomwebClient:
         url = f"{self.base_url}/studies?limit=1"
         with map_errors(url):
             response = await self.http.get(url, headers={"Accept": DICOM_JSON})
-        if response.status_code in (401, 403):
+        if response.status_code >= 400 and http_row(response.status_code).refused:
             raise DicomwebHTTPError(response.status_code, "authentication refused", url)
         if response.status_code == 404:
             raise DicomwebHTTPError(404, "not found: is the URL the DICOMweb root?", url)
