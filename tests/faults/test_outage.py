@@ -367,6 +367,7 @@ def test_outage_during_c_move_fails_the_rest_at_once(
         block=False,
         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_STORE, on_store)],
     )
+    assert server is not None  # block=False returns the server
     try:
         bridge = bridge_process(
             bridge_config(

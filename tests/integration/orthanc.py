@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -188,7 +188,7 @@ class OrthancServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = START_TIMEOUT) -> OrthancServer:
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
         """Start Orthanc and wait until ``GET /system`` answers 200 (raises OrthancError)."""
         if self.process is not None and self.process.poll() is None:
             return self

@@ -92,6 +92,7 @@ def c_find(bridge: BridgeProcess, **keys: str) -> Outcome:
         for status, identifier in assoc.send_c_find(query, FIND):
             assert status is not None and "Status" in status, bridge.log_tail()
             if status.Status == PENDING:
+                assert identifier is not None  # a pending response carries its match
                 found.append(identifier)
             else:
                 return Outcome(int(status.Status), str(status.get("ErrorComment", "")), found)

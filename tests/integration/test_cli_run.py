@@ -76,6 +76,7 @@ def find_study(assoc: Association, msg_id: int) -> tuple[int, list[Dataset]]:
     for status, ident in assoc.send_c_find(identifier, FIND, msg_id=msg_id):
         assert status is not None and "Status" in status
         if status.Status == 0xFF00:
+            assert ident is not None  # a pending response carries its match
             found.append(ident)
         else:
             final = int(status.Status)

@@ -677,7 +677,7 @@ def test_requester_order_counts_for_c_get_contexts_only(
     ae.add_requested_context(CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian])
     roles = [build_role(CTImageStorage, scp_role=True)] if scp_role else []
     bridge = syntax_set.bridge
-    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title, ext_neg=roles)
+    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title, ext_neg=[*roles])
     assert assoc.is_established
     try:
         (context,) = assoc.accepted_contexts

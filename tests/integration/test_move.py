@@ -44,6 +44,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import (
     JPEG2000,
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -179,7 +180,7 @@ class Stored:
     def dataset(self) -> Dataset:
         ds = dcmread(BytesIO(self.raw), force=True)
         meta = FileMetaDataset()
-        meta.TransferSyntaxUID = self.transfer_syntax
+        meta.TransferSyntaxUID = UID(self.transfer_syntax)
         ds.file_meta = meta
         return dcmread(BytesIO(_part10(ds)))
 

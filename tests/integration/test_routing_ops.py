@@ -79,6 +79,7 @@ def c_find_studies(
             if "Status" not in rsp:
                 break
             if int(rsp.Status) in (PENDING, 0xFF01):
+                assert identifier is not None  # a pending response carries its match
                 matches.append(identifier)
             else:
                 status = int(rsp.Status)
