@@ -22,6 +22,7 @@ from pydicom.multival import MultiValue
 from pynetdicom import AE, build_role, evt
 
 PENDING_STATUSES = (0xFF00, 0xFF01)
+VERIFICATION = "1.2.840.10008.1.1"
 # Command Field of the responses (PS3.7 E.1): whose CommandDataSetType is recorded.
 C_GET_RSP = 0x8010
 C_MOVE_RSP = 0x8021
@@ -308,3 +309,15 @@ def _associate(
     )
     assert assoc.is_established, f"association to {called} at {host}:{port} refused"
     return assoc
+
+
+def c_echo(address: tuple[str, int, str], ae_title: str = "PYNETDICOM") -> int:
+    """The status of one C-ECHO to `address` = (host, port, called AE title)."""
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate(address[0], address[1], ae_title=address[2])
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_echo().Status)
+    finally:
+        assoc.release()
