@@ -7,10 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydicom import Dataset
-from pydicom.multival import MultiValue
 
 from tests.conftest import require_orthanc
 from tests.integration.dataset import make_ct_series, to_bytes
@@ -48,13 +44,3 @@ def uploaded_study(workdir: Path, size: int, key: str) -> Iterator[Study]:
         )
     finally:
         server.stop()
-
-
-def failed_uid_list(identifier: Dataset | None) -> list[str]:
-    """The Failed SOP Instance UID List (0008,0058) of a final response, as strings."""
-    value: Any = None if identifier is None else identifier.get("FailedSOPInstanceUIDList")
-    if value is None or value == "":
-        return []
-    if isinstance(value, MultiValue | list | tuple):
-        return [str(v) for v in value]
-    return [str(value)]

@@ -12,22 +12,21 @@ C-CANCEL: in-flight WADO-RS requests are aborted, none started after").
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from tests.faults.paths import is_qido, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
-from tests.faults.study import Study, failed_uid_list, uploaded_study
+from tests.faults.study import Study
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
+from tests.scu import Received, RetrieveOutcome, c_get, scu
 
 pytestmark = pytest.mark.integration
 
@@ -44,20 +43,6 @@ CANCEL_LIMIT_S = 1.0
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
-    """A private Orthanc holding one generated CT study of STUDY_SIZE small instances."""
-    workdir = tmp_path_factory.mktemp("orthanc-get-cancel")
-    with uploaded_study(workdir, STUDY_SIZE, "get-cancel") as uploaded:
-        yield uploaded
-
-
-@pytest.fixture
-def proxy(study: Study) -> Iterator[FaultProxy]:
-    with FaultProxy(study.server.http_url) as fault_proxy:
-        yield fault_proxy
 
 
 @pytest.fixture
@@ -80,103 +65,44 @@ def bridge(
 # --------------------------------------------------------------------------- the SCU
 
 
-@dataclass
-class GetOutcome:
-    """What a C-GET SCU saw: the final response (if any) and the instances stored."""
-
-    received: list[str] = field(default_factory=list)
-    pending: int = 0
-    final: Dataset | None = None
-    identifier: Dataset | None = None
-    final_at: float | None = None
-    started_at: float = 0.0
-
-    @property
-    def status(self) -> int | None:
-        if self.final is None or "Status" not in self.final:
-            return None
-        return int(self.final.Status)
-
-    def count(self, keyword: str) -> int | None:
-        value = None if self.final is None else self.final.get(keyword)
-        return None if value is None else int(value)
-
-    @property
-    def failed_uids(self) -> list[str]:
-        return failed_uid_list(self.identifier)
-
-    def describe(self) -> str:
-        status = "none" if self.status is None else f"0x{self.status:04X}"
-        return f"status {status}, {len(self.received)} received, final={self.final!r}"
-
-
-def _set_nodelay(event: Any) -> None:
-    # Without it Nagle holds the C-STORE-RSP behind the C-CANCEL for a delayed ACK (~40 ms).
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def run_get(
     bridge: BridgeProcess,
     study_uid: str,
     on_store: Callable[[Any, int], None] | None = None,
     on_established: Callable[[Any], None] | None = None,
-) -> GetOutcome:
+) -> RetrieveOutcome:
     """C-GET one study at STUDY level (Study Root) with CT Image Storage in the SCP role.
 
     `on_store(assoc, n)` is called from the C-STORE handler after the n-th instance arrived
     (on the thread that iterates ``send_c_get``), before the C-STORE response goes out;
     `on_established(assoc)` just before the C-GET request is sent.
     """
-    outcome = GetOutcome()
-    ae = AE(ae_title="GETSCU")
-    ae.acse_timeout = 10
-    ae.dimse_timeout = 30
-    ae.network_timeout = 30
-    ae.add_requested_context(GET_MODEL)
-    ae.add_requested_context(CTImageStorage)
-
-    def handle_store(event: Any) -> int:
-        outcome.received.append(str(event.request.AffectedSOPInstanceUID))
-        if on_store is not None:
-            on_store(event.assoc, len(outcome.received))
-        return 0x0000
-
-    assoc = ae.associate(
-        bridge.host,
-        bridge.port,
-        ae_title=bridge.ae_title,
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, handle_store), (evt.EVT_CONN_OPEN, _set_nodelay)],
-    )
-    assert assoc.is_established, "the bridge refused the association"
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    outcome.started_at = time.monotonic()
-    if on_established is not None:
-        on_established(assoc)
-    try:
-        for status, identifier in assoc.send_c_get(query, GET_MODEL, msg_id=MSG_ID):
-            if "Status" not in status:  # association aborted or timed out
-                break
-            if int(status.Status) in (0xFF00, 0xFF01):
-                outcome.pending += 1
-                continue
-            outcome.final, outcome.identifier = status, identifier
-            outcome.final_at = time.monotonic()
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return outcome
+
+    def store_hook(item: Received, n: int) -> None:
+        if on_store is not None:
+            on_store(item.event.assoc, n)
+
+    return c_get(
+        scu("GETSCU", timeouts=(10, 30, 30)),
+        (bridge.host, bridge.port, bridge.ae_title),
+        query,
+        GET_MODEL,
+        [(CTImageStorage, None)],
+        msg_id=MSG_ID,
+        on_store=store_hook,
+        on_established=on_established,
+        nodelay=True,
+    )
 
 
 def assert_full_success(bridge: BridgeProcess, study: Study) -> None:
     """A fresh association retrieves the whole study: the bridge is still healthy."""
     again = run_get(bridge, study.study_uid)
     assert again.status == 0x0000, again.describe()
-    assert again.received == list(study.uids)
+    assert again.received_uids == list(study.uids)
     assert again.count("NumberOfCompletedSuboperations") == STUDY_SIZE
 
 
@@ -261,12 +187,12 @@ def test_c_cancel_while_wado_is_throttled(
     cancelled = cancel_at[0]
 
     assert outcome.status == 0xFE00, outcome.describe()
-    assert outcome.received == list(study.uids[:cancel_after])
+    assert outcome.received_uids == list(study.uids[:cancel_after])
     assert outcome.count("NumberOfCompletedSuboperations") == len(outcome.received)
     assert outcome.count("NumberOfRemainingSuboperations") == STUDY_SIZE - cancel_after
     failed = outcome.failed_uids
     assert len(failed) == len(set(failed)), "duplicates in the Failed SOP Instance UID List"
-    assert set(failed) == set(study.uids) - set(outcome.received)
+    assert set(failed) == set(study.uids) - set(outcome.received_uids)
     assert outcome.final_at is not None and outcome.final_at - cancelled < CANCEL_LIMIT_S
 
     stop = assert_wado_stopped(proxy, cancelled)
@@ -330,9 +256,9 @@ def test_c_cancel_while_blocked_on_a_stalled_instance(
     assert outcome.final_at is not None
     latency = outcome.final_at - cancelled
     assert latency < CANCEL_LIMIT_S, f"C-CANCEL took {latency:.3f} s to answer"
-    assert outcome.received == list(study.uids[:stalled_index])
+    assert outcome.received_uids == list(study.uids[:stalled_index])
     assert outcome.count("NumberOfCompletedSuboperations") == stalled_index
-    assert set(outcome.failed_uids) == set(study.uids) - set(outcome.received)
+    assert set(outcome.failed_uids) == set(study.uids) - set(outcome.received_uids)
     assert stalled_uid in outcome.failed_uids
 
     stop = assert_wado_stopped(proxy, cancelled)
@@ -384,7 +310,7 @@ def test_c_cancel_while_the_qido_search_stalls(
     assert outcome.final_at is not None
     latency = outcome.final_at - cancelled
     assert latency < CANCEL_LIMIT_S, f"C-CANCEL took {latency:.3f} s to answer"
-    assert outcome.received == []
+    assert outcome.received_uids == []
     assert outcome.failed_uids == []
     records = proxy.wait_for(
         lambda rs: not any(r.in_flight for r in rs if is_qido(r.path)),

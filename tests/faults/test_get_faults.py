@@ -11,21 +11,17 @@ the Failed SOP Instance UID List names exactly that instance. The QIDO-RS search
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 from pydicom import Dataset
-from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelGet
 
 from tests.faults.paths import is_qido, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
-from tests.faults.study import Study, failed_uid_list, uploaded_study
+from tests.faults.study import Study
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
+from tests.scu import RetrieveOutcome, c_get, scu
 
 pytestmark = pytest.mark.integration
 
@@ -40,20 +36,6 @@ GET_MODEL = StudyRootQueryRetrieveInformationModelGet
 def faulted(study: Study) -> str:
     """The instance the fault rules target."""
     return study.uids[FAULTED_INDEX]
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
-    """A private Orthanc holding one generated CT study of STUDY_SIZE small instances."""
-    workdir = tmp_path_factory.mktemp("orthanc-get-faults")
-    with uploaded_study(workdir, STUDY_SIZE, "get-faults") as uploaded:
-        yield uploaded
-
-
-@pytest.fixture
-def proxy(study: Study) -> Iterator[FaultProxy]:
-    with FaultProxy(study.server.http_url) as fault_proxy:
-        yield fault_proxy
 
 
 @pytest.fixture
@@ -73,86 +55,19 @@ def start_bridge(
 # --------------------------------------------------------------------------- the SCU
 
 
-@dataclass
-class GetOutcome:
-    received: list[str] = field(default_factory=list)
-    pending: list[Dataset] = field(default_factory=list)
-    final: Dataset | None = None
-    identifier: Dataset | None = None
-    seconds: float = 0.0
-
-    @property
-    def status(self) -> int | None:
-        if self.final is None or "Status" not in self.final:
-            return None
-        return int(self.final.Status)
-
-    def count(self, keyword: str) -> int | None:
-        value = None if self.final is None else self.final.get(keyword)
-        return None if value is None else int(value)
-
-    @property
-    def comment(self) -> str:
-        return "" if self.final is None else str(self.final.get("ErrorComment", ""))
-
-    @property
-    def failed_uids(self) -> list[str]:
-        return failed_uid_list(self.identifier)
-
-    def describe(self) -> str:
-        status = "none" if self.status is None else f"0x{self.status:04X}"
-        return (
-            f"status {status} ({self.comment!r}), {len(self.received)} received, "
-            f"failed list {self.failed_uids[:5]}, final={self.final!r}"
-        )
-
-
-def _set_nodelay(event: Any) -> None:
-    # Without it Nagle holds a small PDU behind the previous one for a delayed ACK (~40 ms).
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def run_get(bridge: BridgeProcess, study_uid: str) -> GetOutcome:
+def run_get(bridge: BridgeProcess, study_uid: str) -> RetrieveOutcome:
     """C-GET one study at STUDY level (Study Root), CT Image Storage in the SCP role."""
-    outcome = GetOutcome()
-    ae = AE(ae_title="GETSCU")
-    ae.acse_timeout = 10
-    ae.dimse_timeout = 30
-    ae.network_timeout = 30
-    ae.add_requested_context(GET_MODEL)
-    ae.add_requested_context(CTImageStorage)
-
-    def handle_store(event: Any) -> int:
-        outcome.received.append(str(event.request.AffectedSOPInstanceUID))
-        return 0x0000
-
-    assoc = ae.associate(
-        bridge.host,
-        bridge.port,
-        ae_title=bridge.ae_title,
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, handle_store), (evt.EVT_CONN_OPEN, _set_nodelay)],
-    )
-    assert assoc.is_established, "the bridge refused the association"
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    started = time.monotonic()
-    try:
-        for status, identifier in assoc.send_c_get(query, GET_MODEL):
-            if "Status" not in status:
-                break
-            if int(status.Status) in (0xFF00, 0xFF01):
-                outcome.pending.append(status)
-                continue
-            outcome.final, outcome.identifier = status, identifier
-    finally:
-        outcome.seconds = time.monotonic() - started
-        if assoc.is_established:
-            assoc.release()
-    return outcome
+    return c_get(
+        scu("GETSCU", timeouts=(10, 30, 30)),
+        (bridge.host, bridge.port, bridge.ae_title),
+        query,
+        GET_MODEL,
+        [(CTImageStorage, None)],
+        nodelay=True,
+    )
 
 
 def _counts(ds: Dataset) -> tuple[int, ...]:
@@ -163,17 +78,17 @@ def _counts(ds: Dataset) -> tuple[int, ...]:
     )
 
 
-def assert_one_failed(outcome: GetOutcome, study: Study) -> None:
+def assert_one_failed(outcome: RetrieveOutcome, study: Study) -> None:
     """0xB000; exactly the faulted instance failed and is listed; every other one arrived."""
     assert outcome.status == 0xB000, outcome.describe()
     assert outcome.failed_uids == [faulted(study)], outcome.describe()
     # The list says which sub-operation failed; the ErrorComment says why.
     assert outcome.comment.startswith("1 failed: "), outcome.describe()
     expected = [uid for uid in study.uids if uid != faulted(study)]
-    assert outcome.received == expected, (
+    assert outcome.received_uids == expected, (
         f"{len(outcome.received)} received; missing "
-        f"{sorted(set(expected) - set(outcome.received))[:3]}, "
-        f"unexpected {sorted(set(outcome.received) - set(expected))[:3]}"
+        f"{sorted(set(expected) - set(outcome.received_uids))[:3]}, "
+        f"unexpected {sorted(set(outcome.received_uids) - set(expected))[:3]}"
     )
     assert outcome.count("NumberOfCompletedSuboperations") == STUDY_SIZE - 1
     assert outcome.count("NumberOfFailedSuboperations") == 1
@@ -268,7 +183,7 @@ def test_one_transient_wado_failure_is_retried(
     attempts = faulted_records(proxy, study)
     assert [r.fault for r in attempts] == [kind, None], attempts
     assert outcome.status == 0x0000, outcome.describe()
-    assert outcome.received == list(study.uids)
+    assert outcome.received_uids == list(study.uids)
     report(f"wado/{kind} once", attempts=len(attempts), seconds=outcome.seconds)
 
 
@@ -325,7 +240,7 @@ def test_qido_failure_is_a701(
     outcome = run_get(bridge, study.study_uid)
     assert outcome.status == 0xA701, outcome.describe()
     assert why in outcome.comment.lower(), outcome.describe()
-    assert outcome.received == []
+    assert outcome.received_uids == []
     records = proxy.records()
     assert any(is_qido(r.path) for r in records), [r.path for r in records]
     assert not any(is_wado(r.path) for r in records)
@@ -345,7 +260,7 @@ def test_stalled_qido_times_out(
     assert outcome.comment, outcome.describe()
     assert "time" in outcome.comment.lower(), outcome.describe()
     assert 1.5 <= outcome.seconds < 5.0, f"answered after {outcome.seconds:.2f} s"
-    assert outcome.received == []
+    assert outcome.received_uids == []
     qido = [r for r in proxy.records() if is_qido(r.path)]
     assert qido and all(r.client_closed_at is not None for r in qido), qido
     report("qido/stall", comment=outcome.comment, seconds=outcome.seconds)

@@ -18,10 +18,9 @@ same outage fails its remaining sub-operations at once too.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -39,9 +38,12 @@ from pynetdicom.sop_class import (
 
 from tests.faults.paths import is_wado
 from tests.faults.proxy import FaultProxy
-from tests.faults.study import Study, failed_uid_list, uploaded_study
+from tests.faults.study import Study
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
 from tests.integration.tools import free_port as free_tcp_port
+from tests.scu import RetrieveOutcome, scu, set_nodelay
+from tests.scu import c_get as scu_c_get
+from tests.scu import c_move as scu_c_move
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +60,6 @@ MAX_REQUESTS_AFTER = 2 * (THRESHOLD + CONCURRENCY)
 GET_MODEL = StudyRootQueryRetrieveInformationModelGet
 FIND_MODEL = StudyRootQueryRetrieveInformationModelFind
 OUTAGE = "DICOMweb server unreachable (circuit open)"
-
-
-@pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Study]:
-    workdir = tmp_path_factory.mktemp("orthanc-outage")
-    with uploaded_study(workdir, STUDY_SIZE, "outage") as uploaded:
-        yield uploaded
 
 
 @dataclass
@@ -131,37 +126,6 @@ def setup(
 # --------------------------------------------------------------------------- the SCU
 
 
-@dataclass
-class GetOutcome:
-    received: list[str] = field(default_factory=list)
-    final: Dataset | None = None
-    identifier: Dataset | None = None
-    killed_at: float | None = None
-    final_at: float | None = None
-
-    @property
-    def status(self) -> int | None:
-        return None if self.final is None else int(self.final.Status)
-
-    @property
-    def comment(self) -> str:
-        return "" if self.final is None else str(self.final.get("ErrorComment", ""))
-
-    def count(self, keyword: str) -> int:
-        assert self.final is not None
-        return int(self.final.get(keyword) or 0)
-
-    def describe(self) -> str:
-        status = "none" if self.status is None else f"0x{self.status:04X}"
-        return f"status {status} ({self.comment!r}), {len(self.received)} received"
-
-
-def _nodelay(event: Any) -> None:
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _associate(bridge: BridgeProcess, handlers: list[Any]) -> Any:
     ae = AE(ae_title="GETSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -174,7 +138,7 @@ def _associate(bridge: BridgeProcess, handlers: list[Any]) -> Any:
         bridge.port,
         ae_title=bridge.ae_title,
         ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), *handlers],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
     )
     assert assoc.is_established, "the bridge refused the association"
     return assoc
@@ -182,28 +146,19 @@ def _associate(bridge: BridgeProcess, handlers: list[Any]) -> Any:
 
 def c_get(
     bridge: BridgeProcess, study_uid: str, on_store: Callable[[int], None] | None = None
-) -> GetOutcome:
-    outcome = GetOutcome()
-
-    def handle_store(event: Any) -> int:
-        outcome.received.append(str(event.request.AffectedSOPInstanceUID))
-        if on_store is not None:
-            on_store(len(outcome.received))
-        return 0x0000
-
-    assoc = _associate(bridge, [(evt.EVT_C_STORE, handle_store)])
+) -> RetrieveOutcome:
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    try:
-        for status, identifier in assoc.send_c_get(query, GET_MODEL):
-            if "Status" in status and int(status.Status) not in (0xFF00, 0xFF01):
-                outcome.final, outcome.identifier = status, identifier
-                outcome.final_at = time.monotonic()
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return outcome
+    return scu_c_get(
+        scu("GETSCU", timeouts=(60, 60, 60)),
+        (bridge.host, bridge.port, bridge.ae_title),
+        query,
+        GET_MODEL,
+        [(CTImageStorage, None)],
+        on_store=None if on_store is None else lambda _item, n: on_store(n),
+        nodelay=True,
+    )
 
 
 def c_find(bridge: BridgeProcess, study_uid: str) -> tuple[Dataset, int, float]:
@@ -237,26 +192,26 @@ def _log_lines(bridge: BridgeProcess, pattern: str) -> list[str]:
 @pytest.mark.timeout(150)
 def test_outage_during_c_get_fails_fast_and_recovers(study: Study, setup: Setup) -> None:
     bridge = setup.bridge
-    outcome = GetOutcome()
+    killed: list[float] = []
 
     def kill_orthanc(received: int) -> None:
         if received == KILL_AFTER:
             process = study.server.process
             assert process is not None
-            outcome.killed_at = time.monotonic()  # the outage begins
+            killed.append(time.monotonic())  # the outage begins
             process.kill()
             process.wait(10)
 
     got = c_get(bridge, study.study_uid, on_store=kill_orthanc)
-    got.killed_at = outcome.killed_at
-    assert got.killed_at is not None and got.final_at is not None, got.describe()
-    seconds = got.final_at - got.killed_at
+    killed_at = killed[0] if killed else None
+    assert killed_at is not None and got.final_at is not None, got.describe()
+    seconds = got.final_at - killed_at
 
     # The C-GET ended with 0xB000: what arrived, arrived; every other instance is listed.
     assert got.status == 0xB000, got.describe()
-    received = set(got.received)
+    received = set(got.received_uids)
     assert KILL_AFTER <= len(received) < STUDY_SIZE, got.describe()
-    failed = failed_uid_list(got.identifier)
+    failed = got.failed_uids
     assert failed == [uid for uid in study.uids if uid not in received], got.describe()
     assert got.count("NumberOfCompletedSuboperations") == len(received)
     assert got.count("NumberOfFailedSuboperations") == len(failed)
@@ -265,7 +220,7 @@ def test_outage_during_c_get_fails_fast_and_recovers(study: Study, setup: Setup)
 
     # It stopped fetching: a few WADO-RS requests after the kill, not 5 per instance.
     if setup.proxy is not None:
-        after = setup.wado_requests_since(got.killed_at)
+        after = setup.wado_requests_since(killed_at)
     else:
         after = int(setup.failed_wado_requests())
     assert after <= MAX_REQUESTS_AFTER, f"{after} WADO-RS requests after the kill"
@@ -303,7 +258,7 @@ def test_outage_during_c_get_fails_fast_and_recovers(study: Study, setup: Setup)
     # A new C-GET: 0xA701 at once (its QIDO-RS search is not even sent).
     refused = c_get(bridge, study.study_uid)
     assert refused.status == 0xA701 and refused.comment == OUTAGE, refused.describe()
-    assert refused.received == []
+    assert refused.received_uids == []
     assert setup.metric("dimse_bridge_http_requests_total", kind="qido") == qido_before
     ready = httpx.get(setup.ops_url + "/readyz", timeout=10)
     assert ready.status_code == 503 and "circuit open" in ready.text, ready.text
@@ -330,7 +285,7 @@ def test_outage_during_c_get_fails_fast_and_recovers(study: Study, setup: Setup)
     assert int(status.Status) == 0x0000 and matches == 1, status
     again = c_get(bridge, study.study_uid)
     assert again.status == 0x0000, again.describe()
-    assert again.received == list(study.uids)
+    assert again.received_uids == list(study.uids)
     closed = _log_lines(bridge, r"WARNING .*reachable again after .*\(circuit closed\)")
     assert len(closed) == 1, bridge.log_tail()
     print(
@@ -365,8 +320,9 @@ def test_outage_during_c_move_fails_the_rest_at_once(
     server = dest.start_server(
         ("127.0.0.1", dest_port),
         block=False,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay), (evt.EVT_C_STORE, on_store)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), (evt.EVT_C_STORE, on_store)],
     )
+    assert server is not None  # block=False returns the server
     try:
         bridge = bridge_process(
             bridge_config(
@@ -378,33 +334,25 @@ def test_outage_during_c_move_fails_the_rest_at_once(
                 peers=[("MOVEDEST", "127.0.0.1", dest_port)],
             )
         )
-        ae = AE(ae_title="MOVESCU")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title)
-        assert assoc.is_established
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study.study_uid
-        final: Dataset | None = None
-        identifier: Dataset | None = None
-        try:
-            for status, ident in assoc.send_c_move(
-                query, "MOVEDEST", StudyRootQueryRetrieveInformationModelMove
-            ):
-                if "Status" in status and int(status.Status) not in (0xFF00, 0xFF01):
-                    final, identifier = status, ident
-            ended_at = time.monotonic()
-        finally:
-            if assoc.is_established:
-                assoc.release()
+        moved = scu_c_move(
+            scu("MOVESCU", timeouts=(60, 60, 60)),
+            (bridge.host, bridge.port, bridge.ae_title),
+            query,
+            "MOVEDEST",
+            StudyRootQueryRetrieveInformationModelMove,
+        )
     finally:
         server.shutdown()
         if not study.server.running:
             study.server.start()
-    assert final is not None and killed_at
+    assert moved.status is not None and moved.final_at is not None and killed_at
+    final = moved.final
+    ended_at = moved.final_at
     assert int(final.Status) == 0xB000, final
-    failed = failed_uid_list(identifier)
+    failed = moved.failed_uids
     assert failed == [uid for uid in study.uids if uid not in set(received)], final
     assert int(final.NumberOfCompletedSuboperations) == len(received)
     assert int(final.NumberOfFailedSuboperations) == len(failed) == STUDY_SIZE - len(received)

@@ -20,14 +20,14 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -37,11 +37,11 @@ from pynetdicom.sop_class import (
 from tests.conftest import require_orthanc
 from tests.faults.paths import is_qido_studies, is_wado, wado_path_of
 from tests.faults.proxy import FaultProxy, RequestRecord
-from tests.faults.study import failed_uid_list
 from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_bridge
 from tests.integration.dataset import make_ct_series, to_bytes
 from tests.integration.orthanc import OrthancServer
 from tests.integration.tools import free_port as free_tcp_port
+from tests.scu import RetrieveOutcome, c_get, scu
 
 pytestmark = pytest.mark.integration
 
@@ -192,82 +192,25 @@ def c_find_studies(bridge: BridgeProcess, **keys: str) -> tuple[list[Dataset], D
     return matches, final
 
 
-@dataclass
-class GetOutcome:
-    received: dict[str, bytes] = field(default_factory=dict)  # uid -> data set as sent
-    final: Dataset | None = None
-    identifier: Dataset | None = None
-    started_at: float = 0.0
-    final_at: float | None = None
-
-    @property
-    def status(self) -> int | None:
-        if self.final is None or "Status" not in self.final:
-            return None
-        return int(self.final.Status)
-
-    @property
-    def seconds(self) -> float:
-        return (self.final_at or time.monotonic()) - self.started_at
-
-    def count(self, keyword: str) -> int:
-        value = None if self.final is None else self.final.get(keyword)
-        return 0 if value is None else int(value)
-
-    @property
-    def failed_uids(self) -> list[str]:
-        return failed_uid_list(self.identifier)
-
-    def describe(self) -> str:
-        status = "none" if self.status is None else f"0x{self.status:04X}"
-        return (
-            f"status {status}, {len(self.received)} received, failed {self.failed_uids}, "
-            f"{self.seconds:.2f} s, final={self.final!r}"
-        )
-
-
 def c_get_study(
     bridge: BridgeProcess,
     study_uid: str,
     on_established: Callable[[Any], object] | None = None,
-) -> GetOutcome:
+) -> RetrieveOutcome:
     """C-GET a study (Study Root, STUDY level); CT Image Storage in Explicit VR LE only,
     so that what arrives is the data set exactly as Orthanc stored it."""
-    outcome = GetOutcome()
-    ae = AE(ae_title="GETSCU")
-    ae.add_requested_context(GET_MODEL)
-    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian])
-
-    def handle_store(event: Any) -> int:
-        outcome.received[str(event.request.AffectedSOPInstanceUID)] = (
-            event.request.DataSet.getvalue()
-        )
-        return SUCCESS
-
-    assoc = _associate(
-        ae,
-        bridge,
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
-    )
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    outcome.started_at = time.monotonic()
-    if on_established is not None:
-        on_established(assoc)
-    try:
-        for status, identifier in assoc.send_c_get(query, GET_MODEL, msg_id=MSG_ID):
-            if "Status" not in status:
-                break
-            if int(status.Status) in (PENDING, 0xFF01):
-                continue
-            outcome.final, outcome.identifier = status, identifier
-            outcome.final_at = time.monotonic()
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return outcome
+    return c_get(
+        scu("GETSCU", timeouts=(10, 40, 40)),
+        (bridge.host, bridge.port, bridge.ae_title),
+        query,
+        GET_MODEL,
+        [(CTImageStorage, [ExplicitVRLittleEndian])],
+        msg_id=MSG_ID,
+        on_established=on_established,
+    )
 
 
 def c_store(bridge: BridgeProcess, ds: Dataset) -> tuple[Dataset, float]:
@@ -288,14 +231,15 @@ def records_for(proxy: FaultProxy, match: Callable[[str], bool]) -> list[Request
     return [r for r in proxy.records() if match(r.path)]
 
 
-def assert_all_received(outcome: GetOutcome, study: Study) -> None:
+def assert_all_received(outcome: RetrieveOutcome, study: Study) -> None:
     """Success, every instance once, each byte-identical to the uploaded data set."""
     assert outcome.status == SUCCESS, outcome.describe()
     assert outcome.count("NumberOfCompletedSuboperations") == len(study), outcome.describe()
     assert outcome.count("NumberOfFailedSuboperations") == 0, outcome.describe()
-    assert sorted(outcome.received) == sorted(study.uids)
+    assert sorted(outcome.received_uids) == sorted(study.uids)
+    received = outcome.by_uid()
     for uid in study.uids:
-        assert outcome.received[uid] == after_meta(study.originals[uid]), uid
+        assert received[uid].raw == after_meta(study.originals[uid]), uid
 
 
 # --------------------------------------------------------------------------- QIDO-RS
@@ -375,7 +319,7 @@ def test_wado_503_past_the_retry_deadline_fails_that_instance(
     assert outcome.failed_uids == [target], outcome.describe()
     assert outcome.count("NumberOfFailedSuboperations") == 1
     assert outcome.count("NumberOfCompletedSuboperations") == len(data.big) - 1
-    assert sorted(outcome.received) == sorted(u for u in data.big.uids if u != target)
+    assert sorted(outcome.received_uids) == sorted(u for u in data.big.uids if u != target)
     assert outcome.seconds < 5.0, outcome.describe()
     attempts = records_for(proxy, wado_path_of(target))
     assert len(attempts) >= 3, attempts  # it was retried...
@@ -429,7 +373,7 @@ def test_cancel_during_retry_backoff(data: Data, proxy: FaultProxy, bridge: Brid
     assert outcome.final_at is not None
     latency = outcome.final_at - cancel_at[0]
     assert latency < 1.0, f"C-CANCEL answered {latency:.3f} s later"
-    assert outcome.received == {}
+    assert outcome.received_uids == []
     assert outcome.count("NumberOfRemainingSuboperations") == len(data.big)
     time.sleep(0.5)
     attempts = records_for(proxy, wado_path_of(target))

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
+
+from tests.integration.tools import free_ports
 
 DEFAULT_AET = "ORTHANC"
 # AE titles the tests use as SCUs; Orthanc answers C-FIND/C-GET/C-MOVE only for known
@@ -73,23 +74,6 @@ def dicomweb_plugin() -> str | None:
         if line.endswith(".so") and os.path.isfile(line):
             return line
     return None
-
-
-def free_ports(count: int = 1, host: str = "") -> list[int]:
-    """`count` distinct TCP ports free right now (bound together, then released).
-
-    The default host "" checks all interfaces, which is what Orthanc binds.
-    """
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -204,7 +188,7 @@ class OrthancServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = START_TIMEOUT) -> OrthancServer:
+    def start(self, timeout: float = START_TIMEOUT) -> Self:
         """Start Orthanc and wait until ``GET /system`` answers 200 (raises OrthancError)."""
         if self.process is not None and self.process.poll() is None:
             return self
@@ -215,7 +199,7 @@ class OrthancServer:
         last_error: OrthancError | None = None
         for _attempt in range(3):
             if not keep_ports:
-                self.http_port, self.dicom_port_number = free_ports(2)
+                self.http_port, self.dicom_port_number = free_ports(2, host="")
             self.write_config()
             try:
                 self._launch(binary, timeout)

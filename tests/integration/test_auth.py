@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
@@ -48,6 +48,7 @@ from tests.integration.bridge_runner import REPO_ROOT, BridgeProcess, bridge_con
 from tests.integration.dataset import Manifest, write_dataset
 from tests.integration.orthanc import OrthancServer
 from tests.integration.tools import free_port, missing_prerequisite
+from tests.scu import RetrieveOutcome, c_get, scu
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +70,13 @@ def need(module: str, extra: str) -> None:
 
 
 @dataclass
-class Outcome:
+class FindOutcome:
     status: int
     comment: str
     identifiers: list[Dataset] = field(default_factory=list)
-    received: int = 0
 
 
-def c_find(bridge: BridgeProcess, **keys: str) -> Outcome:
+def c_find(bridge: BridgeProcess, **keys: str) -> FindOutcome:
     """One STUDY-level C-FIND (Study Root) on a fresh association."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -92,51 +92,33 @@ def c_find(bridge: BridgeProcess, **keys: str) -> Outcome:
         for status, identifier in assoc.send_c_find(query, FIND):
             assert status is not None and "Status" in status, bridge.log_tail()
             if status.Status == PENDING:
+                assert identifier is not None  # a pending response carries its match
                 found.append(identifier)
             else:
-                return Outcome(int(status.Status), str(status.get("ErrorComment", "")), found)
+                return FindOutcome(int(status.Status), str(status.get("ErrorComment", "")), found)
     finally:
         assoc.release()
     raise AssertionError("C-FIND without a final status")
 
 
-def c_get_study(bridge: BridgeProcess, study_uid: str) -> Outcome:
+def c_get_study(bridge: BridgeProcess, study_uid: str) -> RetrieveOutcome:
     """One STUDY-level C-GET (Study Root); counts the instances received."""
-    ae = AE(ae_title="PYNETDICOM")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(GET)
-    for sop_class in STORAGE:
-        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    received: list[str] = []
-
-    def on_store(event: Any) -> int:
-        received.append(str(event.request.AffectedSOPInstanceUID))
-        return SUCCESS
-
-    assoc = ae.associate(
-        bridge.host,
-        bridge.port,
-        ae_title=bridge.ae_title,
-        ext_neg=[build_role(cls, scp_role=True) for cls in STORAGE],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
-    )
-    assert assoc.is_established, f"association refused; bridge log:\n{bridge.log_tail()}"
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    final: Dataset | None = None
-    try:
-        for status, _identifier in assoc.send_c_get(query, GET):
-            assert status is not None and "Status" in status, bridge.log_tail()
-            final = status
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    assert final is not None
-    return Outcome(int(final.Status), str(final.get("ErrorComment", "")), [], len(received))
+    outcome = c_get(
+        scu("PYNETDICOM", timeouts=(30, 30, 30)),
+        (bridge.host, bridge.port, bridge.ae_title),
+        query,
+        GET,
+        [(cls, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]) for cls in STORAGE],
+    )
+    assert outcome.responses, bridge.log_tail()
+    assert all("Status" in status for status, _ in outcome.responses), bridge.log_tail()
+    return outcome
 
 
-def study_uids(outcome: Outcome) -> set[str]:
+def study_uids(outcome: FindOutcome) -> set[str]:
     return {str(ds.StudyInstanceUID) for ds in outcome.identifiers}
 
 
@@ -144,7 +126,7 @@ def expected_studies(manifest: Manifest, patient_id: str) -> set[str]:
     return {s.StudyInstanceUID for s in manifest.studies_of(patient_id)}
 
 
-def assert_auth_failure(outcome: Outcome, bridge: BridgeProcess) -> None:
+def assert_auth_failure(outcome: FindOutcome, bridge: BridgeProcess) -> None:
     assert outcome.status == DICOMWEB_REJECTED, (outcome, bridge.log_tail())
     assert "authentication" in outcome.comment.lower(), outcome
 
@@ -330,7 +312,7 @@ def test_oauth2_short_lived_tokens_under_concurrent_c_gets(
         )
     )
     study = min(orthanc.manifest.studies, key=lambda s: s.NumberOfStudyRelatedInstances)
-    outcomes: list[Outcome] = []
+    outcomes: list[RetrieveOutcome] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
     started = time.monotonic()
@@ -357,7 +339,7 @@ def test_oauth2_short_lived_tokens_under_concurrent_c_gets(
     bad = [
         o
         for o in outcomes
-        if (o.status, o.received) != (SUCCESS, study.NumberOfStudyRelatedInstances)
+        if (o.status, len(o.received)) != (SUCCESS, study.NumberOfStudyRelatedInstances)
     ]
     assert not bad, (bad[:3], bridge.log_tail())
 

@@ -26,6 +26,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 from tests.conftest import OrthancFixture
 from tests.integration.bridge_runner import REPO_ROOT, BridgeProcess, bridge_config
 from tests.integration.tools import dcmtk, free_port, port_listening, tool_env
+from tests.scu import c_echo as scu_c_echo
 
 pytestmark = pytest.mark.integration
 
@@ -76,6 +77,7 @@ def find_study(assoc: Association, msg_id: int) -> tuple[int, list[Dataset]]:
     for status, ident in assoc.send_c_find(identifier, FIND, msg_id=msg_id):
         assert status is not None and "Status" in status
         if status.Status == 0xFF00:
+            assert ident is not None  # a pending response carries its match
             found.append(ident)
         else:
             final = int(status.Status)
@@ -338,14 +340,7 @@ def test_check_peers_with_the_server_down_exits_3_and_still_reports_peers(
 
 
 def echo(bridge: BridgeProcess) -> int:
-    ae = AE(ae_title="PYNETDICOM")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", bridge.port, ae_title=bridge.ae_title)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_echo().Status)
-    finally:
-        assoc.release()
+    return scu_c_echo(("127.0.0.1", bridge.port, bridge.ae_title), "PYNETDICOM")
 
 
 def test_run_warns_when_the_backend_does_not_answer_and_serves(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ class Report:
     association: int  # id() of that association
 
 
-def _recorder(reports: queue.Queue[Report], channel: str) -> Any:
+def _recorder(reports: queue.Queue[Report], channel: str) -> Callable[[Any], tuple[int, None]]:
     def handle(event: Any) -> tuple[int, None]:
         reports.put(
             Report(
@@ -99,6 +99,7 @@ def scu_server() -> Iterator[ScuServer]:
         block=False,
         evt_handlers=[(evt.EVT_N_EVENT_REPORT, _recorder(reports, "new"))],
     )
+    assert server is not None  # block=False returns the server
     try:
         yield ScuServer(port, reports, server)
     finally:

@@ -247,6 +247,7 @@ def test_c_find(served: Served) -> None:
         ):
             statuses.append(int(status.Status))
             if status.Status == 0xFF00:
+                assert identifier is not None  # a pending response carries its match
                 matches.append(identifier)
     finally:
         assoc.release()
@@ -350,7 +351,11 @@ def test_index_build_installs_from_a_package_index(image: str, tmp_path: Path) -
     assert download.returncode == 0, download.stderr
     dependencies = [w for w in WHEELHOUSE.glob("*.whl") if not w.name.startswith("dimse_bridge-")]
     root = simple_index(tmp_path / "index", [*dependencies, *setuptools_dir.glob("*.whl")])
-    handler = type("Handler", (_IndexHandler,), {"requested": []})
+
+    class Handler(_IndexHandler):
+        requested: list[str] = []  # one list per test, read after the build
+
+    handler = Handler
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), lambda *a: handler(*a, directory=str(root))
     )

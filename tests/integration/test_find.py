@@ -66,7 +66,7 @@ class FindResult:
 
     status: int
     comment: str | None
-    identifiers: list[Dataset] = field(default_factory=list)
+    identifiers: Sequence[Dataset] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
 
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CompositeInstanceRetrieveWithoutBulkDataGet,
     CompositeInstanceRootRetrieveGet,
@@ -19,6 +17,7 @@ from pynetdicom.sop_class import (
 from tests.integration.bridge_runner import BridgeProcess, bridge_config
 from tests.integration.dataset import to_bytes
 from tests.integration.tools import free_port
+from tests.scu import RetrieveOutcome, c_get, scu
 
 MULTIFRAME_SC = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC Image Storage
 FRAMES, ROWS, COLUMNS = 5, 8, 8
@@ -44,44 +43,14 @@ def _multiframe() -> Dataset:
     return ds
 
 
-@dataclass
-class Outcome:
-    statuses: list[Dataset] = field(default_factory=list)
-    identifiers: list[Dataset | None] = field(default_factory=list)
-    received: list[Dataset] = field(default_factory=list)
-
-    @property
-    def final(self) -> Dataset:
-        return self.statuses[-1]
-
-
-def _get(bridge: BridgeProcess, model: str, identifier: Dataset) -> Outcome:
-    outcome = Outcome()
-
-    def on_store(event: evt.Event) -> int:
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        outcome.received.append(ds)
-        return 0x0000
-
-    ae = AE(ae_title="PYNETDICOM")
-    ae.add_requested_context(model)
-    ae.add_requested_context(MULTIFRAME_SC, [ExplicitVRLittleEndian])
-    assoc = ae.associate(
-        "127.0.0.1",
-        bridge.port,
-        ae_title="DIMSE_BRIDGE",
-        ext_neg=[build_role(MULTIFRAME_SC, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+def _get(bridge: BridgeProcess, model: str, identifier: Dataset) -> RetrieveOutcome:
+    return c_get(
+        scu("PYNETDICOM"),
+        ("127.0.0.1", bridge.port, "DIMSE_BRIDGE"),
+        identifier,
+        model,
+        [(MULTIFRAME_SC, [ExplicitVRLittleEndian])],
     )
-    assert assoc.is_established
-    try:
-        for status, ident in assoc.send_c_get(identifier, model):
-            outcome.statuses.append(status)
-            outcome.identifiers.append(ident)
-    finally:
-        assoc.release()
-    return outcome
 
 
 @pytest.fixture
@@ -116,7 +85,7 @@ def test_frames_1_and_3_make_a_new_instance(setup: tuple[BridgeProcess, Dataset]
     assert outcome.final.Status == 0x0000
     assert outcome.final.NumberOfCompletedSuboperations == 1
     assert len(outcome.received) == 1
-    new = outcome.received[0]
+    new = outcome.received[0].dataset
     assert new.SOPInstanceUID != source.SOPInstanceUID
     assert new.SOPClassUID == MULTIFRAME_SC
     assert int(new.NumberOfFrames) == 2
@@ -135,7 +104,7 @@ def test_calculated_frame_list(setup: tuple[BridgeProcess, Dataset]) -> None:
         _identifier(source, "FRAME", CalculatedFrameList=[2, 5, 2]),
     )
     assert outcome.final.Status == 0x0000
-    new = outcome.received[0]
+    new = outcome.received[0].dataset
     assert int(new.NumberOfFrames) == 2
     assert np.array_equal(new.pixel_array, source.pixel_array[[1, 3]])
 
@@ -167,8 +136,8 @@ def test_image_level_composite_instance_root_sends_the_whole_instance(
     bridge, source = setup
     outcome = _get(bridge, CompositeInstanceRootRetrieveGet, _identifier(source, "IMAGE"))
     assert outcome.final.Status == 0x0000
-    assert outcome.received[0].SOPInstanceUID == source.SOPInstanceUID
-    assert outcome.received[0].PixelData == source.PixelData
+    assert outcome.received[0].dataset.SOPInstanceUID == source.SOPInstanceUID
+    assert outcome.received[0].dataset.PixelData == source.PixelData
 
 
 def test_retrieve_without_bulk_data(setup: tuple[BridgeProcess, Dataset]) -> None:
@@ -177,7 +146,7 @@ def test_retrieve_without_bulk_data(setup: tuple[BridgeProcess, Dataset]) -> Non
         bridge, CompositeInstanceRetrieveWithoutBulkDataGet, _identifier(source, "IMAGE")
     )
     assert outcome.final.Status == 0x0000
-    received = outcome.received[0]
+    received = outcome.received[0].dataset
     assert received.SOPInstanceUID == source.SOPInstanceUID
     assert "PixelData" not in received
     assert received.PatientName == "MULTI^FRAME"

@@ -48,7 +48,10 @@ def associate(port: int, calling: str, source: str | None = None) -> Association
 
 def reject_fields(assoc: Association) -> tuple[int, int, int]:
     rsp = assoc.acceptor.primitive
-    return (int(rsp.result), int(rsp.result_source), int(rsp.diagnostic))
+    assert rsp is not None  # the A-ASSOCIATE response was received
+    result, source, diagnostic = rsp.result, rsp.result_source, rsp.diagnostic
+    assert result is not None and source is not None and diagnostic is not None
+    return (int(result), int(source), int(diagnostic))
 
 
 def echoscu(port: int, calling: str) -> tuple[int, str]:
@@ -297,6 +300,7 @@ def test_association_socket_has_tcp_nodelay(gated: BridgeProcess) -> None:
     assoc = associate(gated.port, "FINDSCU")
     assert assoc.is_established
     try:
+        assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
         ours = assoc.dul.socket.socket
         local = ours.getsockname()
         # Control: pynetdicom's requestor side does not set it, so the probe can tell.

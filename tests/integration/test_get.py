@@ -14,16 +14,13 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
@@ -31,7 +28,6 @@ from pynetdicom.sop_class import (
     SecondaryCaptureImageStorage,
     StudyRootQueryRetrieveInformationModelGet,
     UltrasoundImageStorage,
-    Verification,
 )
 
 from tests.conftest import OrthancFixture
@@ -45,6 +41,9 @@ from tests.integration.tools import (
     free_port,
     run_dcmtk,
 )
+from tests.scu import Received, RetrieveOutcome, scu
+from tests.scu import c_echo as scu_c_echo
+from tests.scu import c_get as scu_c_get
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +54,6 @@ OUT_OF_RESOURCES_MATCHES = 0xA701
 OUT_OF_RESOURCES_SUBOPS = 0xA702
 IDENTIFIER_MISMATCH = 0xA900
 REFUSED_OUT_OF_RESOURCES = 0xA700  # a C-STORE failure status the peer may answer
-C_GET_RSP = 0x8010  # CommandField
 NO_DATA_SET = 0x0101  # CommandDataSetType
 
 GET_MODELS = {
@@ -72,86 +70,6 @@ STORAGE_CLASSES = (
 
 
 # --------------------------------------------------------------------------- SCU helpers
-
-
-@dataclass
-class Received:
-    """One C-STORE sub-operation as the retrieving SCU saw it."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    raw: bytes  # the encoded data set exactly as it came over the network (no file meta)
-    dataset: Dataset  # decoded, with file_meta (TransferSyntaxUID = the context's)
-
-
-@dataclass
-class GetOutcome:
-    """Every C-GET response (status data set, identifier) and every instance received."""
-
-    responses: list[tuple[Dataset, Dataset | None]] = field(default_factory=list)
-    received: list[Received] = field(default_factory=list)
-    # CommandDataSetType of each C-GET-RSP as received (0x0101: no data set follows).
-    data_set_types: list[int] = field(default_factory=list)
-
-    @property
-    def final(self) -> Dataset:
-        assert self.responses, "no C-GET response at all"
-        return self.responses[-1][0]
-
-    @property
-    def status(self) -> int:
-        assert "Status" in self.final, f"final response without a Status: {self.final}"
-        return int(self.final.Status)
-
-    @property
-    def comment(self) -> str:
-        return str(self.final.get("ErrorComment", ""))
-
-    def count(self, keyword: str) -> int | None:
-        value = self.final.get(keyword)
-        return None if value is None else int(value)
-
-    @property
-    def completed(self) -> int | None:
-        return self.count("NumberOfCompletedSuboperations")
-
-    @property
-    def failed(self) -> int | None:
-        return self.count("NumberOfFailedSuboperations")
-
-    @property
-    def warning(self) -> int | None:
-        return self.count("NumberOfWarningSuboperations")
-
-    @property
-    def failed_uids(self) -> list[str]:
-        """The final response's Failed SOP Instance UID List ([] when absent or empty)."""
-        identifier = self.responses[-1][1] if self.responses else None
-        if identifier is None or "FailedSOPInstanceUIDList" not in identifier:
-            return []
-        value = identifier.FailedSOPInstanceUIDList
-        if value is None or value == "":
-            return []
-        if isinstance(value, str):
-            return [value]
-        return [str(v) for v in value]
-
-    @property
-    def received_uids(self) -> list[str]:
-        return [r.sop_instance_uid for r in self.received]
-
-    def by_uid(self) -> dict[str, Received]:
-        return {r.sop_instance_uid: r for r in self.received}
-
-    def summary(self) -> str:
-        statuses = [
-            f"0x{int(s.Status):04X}" if "Status" in s else "none" for s, _ in self.responses
-        ]
-        return (
-            f"statuses={statuses} final={self.final!s} failed_uids={self.failed_uids} "
-            f"received={len(self.received)}"
-        )
 
 
 StorageSpec = Sequence[tuple[str, Sequence[str]]]
@@ -182,7 +100,7 @@ def c_get(
     contexts: StorageSpec | None = None,
     store_status: Callable[[str], int] | None = None,
     on_store: Callable[[Received], None] | None = None,
-) -> GetOutcome:
+) -> RetrieveOutcome:
     """One C-GET on a fresh association with the bridge, as a pynetdicom SCU.
 
     `contexts`: storage contexts proposed with the SCP role (default: the data set's four
@@ -191,58 +109,16 @@ def c_get(
     handler before it answers (sub-operations are strictly sequential, so it runs while
     the bridge waits for that answer).
     """
-    outcome = GetOutcome()
-    ae = AE(ae_title="PYNETDICOM")
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ae.network_timeout = 60
-    ae.add_requested_context(GET_MODELS[model])
-    proposed = list(contexts) if contexts is not None else storage()
-    for sop_class, syntaxes in proposed:
-        ae.add_requested_context(sop_class, list(syntaxes))
-    roles: list[Any] = [
-        build_role(cls, scp_role=True) for cls in dict.fromkeys(c for c, _ in proposed)
-    ]
-
-    def handle_store(event: Any) -> int:
-        ds = event.dataset
-        meta = FileMetaDataset(event.file_meta)
-        meta.TransferSyntaxUID = event.context.transfer_syntax
-        ds.file_meta = meta
-        item = Received(
-            sop_instance_uid=str(event.request.AffectedSOPInstanceUID),
-            sop_class_uid=str(event.request.AffectedSOPClassUID),
-            transfer_syntax=str(event.context.transfer_syntax),
-            raw=event.request.DataSet.getvalue(),
-            dataset=ds,
-        )
-        outcome.received.append(item)
-        if on_store is not None:
-            on_store(item)
-        return store_status(item.sop_instance_uid) if store_status else SUCCESS
-
-    def handle_dimse_recv(event: Any) -> None:
-        command = event.message.command_set
-        if command.CommandField == C_GET_RSP:
-            outcome.data_set_types.append(int(command.CommandDataSetType))
-
-    assoc = ae.associate(
-        bridge.host,
-        bridge.port,
-        ae_title=bridge.ae_title,
-        ext_neg=roles,
-        evt_handlers=[
-            (evt.EVT_C_STORE, handle_store),
-            (evt.EVT_DIMSE_RECV, handle_dimse_recv),
-        ],
+    ae = scu("PYNETDICOM", timeouts=(30, 60, 60))
+    outcome = scu_c_get(
+        ae,
+        (bridge.host, bridge.port, bridge.ae_title),
+        identifier,
+        GET_MODELS[model],
+        list(contexts) if contexts is not None else storage(),
+        store_status=None if store_status is None else lambda i: store_status(i.sop_instance_uid),
+        on_store=None if on_store is None else lambda item, _n: on_store(item),
     )
-    assert assoc.is_established, f"association refused; bridge log:\n{bridge.log_tail()}"
-    try:
-        for status, ident in assoc.send_c_get(identifier, GET_MODELS[model]):
-            outcome.responses.append((status, ident))
-    finally:
-        if assoc.is_established:
-            assoc.release()
     assert outcome.responses and "Status" in outcome.final, (
         f"no final C-GET status (timeout or abort); bridge log:\n{bridge.log_tail()}"
     )
@@ -251,14 +127,7 @@ def c_get(
 
 
 def c_echo(bridge: BridgeProcess) -> int:
-    ae = AE(ae_title="PYNETDICOM")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_echo().Status)
-    finally:
-        assoc.release()
+    return scu_c_echo((bridge.host, bridge.port, bridge.ae_title), "PYNETDICOM")
 
 
 def identifier(level: str, **keys: str) -> Dataset:
@@ -314,7 +183,7 @@ def sending_order(manifest: Manifest, entries: Sequence[InstanceEntry]) -> list[
     return [e.SOPInstanceUID for e in sorted(entries, key=key)]
 
 
-def assert_counters_exact(outcome: GetOutcome, total: int, failed: int) -> None:
+def assert_counters_exact(outcome: RetrieveOutcome, total: int, failed: int) -> None:
     """One pending response per sub-operation, Remaining counting down to 0, and final
     counters that add up: Failed == the failed count, Completed == the rest."""
     pending = outcome.responses[:-1]
@@ -534,7 +403,9 @@ def test_getscu_refusal_releases_cleanly(
 # --------------------------------------------------------------------------- pynetdicom SCU
 
 
-def assert_identical_to_originals(outcome: GetOutcome, expected: Sequence[InstanceEntry]) -> None:
+def assert_identical_to_originals(
+    outcome: RetrieveOutcome, expected: Sequence[InstanceEntry]
+) -> None:
     """Each received instance is byte-identical to the file write_dataset() wrote.
 
     The SCU accepts only Explicit VR LE (the stored syntax), so the bridge sends the data
@@ -670,7 +541,7 @@ def test_invalid_identifier_is_a900_with_comment(
     assert_refusal(outcome)
 
 
-def assert_refusal(outcome: GetOutcome) -> None:
+def assert_refusal(outcome: RetrieveOutcome) -> None:
     """A C-GET refused before any sub-operation, as Orthanc answers it: one response, no
     identifier (not even an empty Failed SOP Instance UID List), zero counters."""
     assert len(outcome.responses) == 1, outcome.summary()

@@ -55,8 +55,6 @@ from tests.integration.orthanc import OrthancServer
 from tests.integration.test_get import (
     OUT_OF_RESOURCES_SUBOPS,
     SUCCESS,
-    GetOutcome,
-    Received,
     after_meta,
     c_get,
     element_differences,
@@ -65,6 +63,7 @@ from tests.integration.test_get import (
 )
 from tests.integration.test_move import Destination, Stored, c_move
 from tests.integration.tools import describe, free_port, run_dcmtk
+from tests.scu import Received, RetrieveOutcome
 
 pytestmark = pytest.mark.integration
 
@@ -204,7 +203,7 @@ def syntax_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyntaxSet]:
         server.stop()
 
 
-def get_image(syntax_set: SyntaxSet, item: Item, contexts: Any) -> GetOutcome:
+def get_image(syntax_set: SyntaxSet, item: Item, contexts: Any) -> RetrieveOutcome:
     """IMAGE-level C-GET of one instance on a fresh association."""
     return c_get(
         syntax_set.bridge,
@@ -677,7 +676,7 @@ def test_requester_order_counts_for_c_get_contexts_only(
     ae.add_requested_context(CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian])
     roles = [build_role(CTImageStorage, scp_role=True)] if scp_role else []
     bridge = syntax_set.bridge
-    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title, ext_neg=roles)
+    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title, ext_neg=[*roles])
     assert assoc.is_established
     try:
         (context,) = assoc.accepted_contexts

@@ -28,7 +28,7 @@ from pynetdicom.sop_class import (
 
 from tests.faults.paths import wado_path_of
 from tests.faults.proxy import FaultProxy
-from tests.faults.study import Study, failed_uid_list, uploaded_study
+from tests.faults.study import Study, uploaded_study
 from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_bridge
 from tests.integration.test_commitment import (
     SCU_AE,
@@ -36,6 +36,7 @@ from tests.integration.test_commitment import (
 )
 from tests.integration.test_move import movescu_final, wait_listening
 from tests.integration.tools import dcmtk, describe, free_port, run_dcmtk, tool_env
+from tests.scu import failed_uid_list
 
 pytestmark = pytest.mark.integration
 

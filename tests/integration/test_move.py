@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,9 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
-from pydicom.multival import MultiValue
 from pydicom.uid import (
     JPEG2000,
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
@@ -78,6 +78,8 @@ from tests.integration.tools import (
     run_dcmtk,
     tool_env,
 )
+from tests.scu import RetrieveOutcome, scu, set_nodelay
+from tests.scu import c_move as scu_c_move
 
 pytestmark = pytest.mark.integration
 
@@ -141,20 +143,6 @@ def identifier(level: str, **keys: str) -> Dataset:
     return ds
 
 
-def uid_list(value: Any) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, MultiValue | list | tuple):
-        return [str(v) for v in value]
-    return [str(value)]
-
-
-def _nodelay(event: Any) -> None:
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def wait_listening(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not port_listening(port):
@@ -179,7 +167,7 @@ class Stored:
     def dataset(self) -> Dataset:
         ds = dcmread(BytesIO(self.raw), force=True)
         meta = FileMetaDataset()
-        meta.TransferSyntaxUID = self.transfer_syntax
+        meta.TransferSyntaxUID = UID(self.transfer_syntax)
         ds.file_meta = meta
         return dcmread(BytesIO(_part10(ds)))
 
@@ -235,7 +223,7 @@ class Destination:
             (HOST, self.port),
             block=False,
             evt_handlers=[
-                (evt.EVT_CONN_OPEN, _nodelay),
+                (evt.EVT_CONN_OPEN, set_nodelay),
                 (evt.EVT_ESTABLISHED, self._on_established),
                 (evt.EVT_C_STORE, self._on_store),
             ],
@@ -319,48 +307,6 @@ class StoreScp:
 # --------------------------------------------------------------------------- the SCU
 
 
-@dataclass
-class MoveOutcome:
-    """Every C-MOVE response the SCU got (status data set, identifier)."""
-
-    responses: list[tuple[Dataset, Dataset | None]] = field(default_factory=list)
-    started_at: float = 0.0
-    final_at: float | None = None
-    cancel_at: float | None = None
-
-    @property
-    def final(self) -> Dataset:
-        assert self.responses, "no C-MOVE response at all"
-        return self.responses[-1][0]
-
-    @property
-    def status(self) -> int | None:
-        if not self.responses or "Status" not in self.final:
-            return None
-        return int(self.final.Status)
-
-    @property
-    def comment(self) -> str:
-        return str(self.final.get("ErrorComment", ""))
-
-    def count(self, keyword: str) -> int | None:
-        value = self.final.get(keyword)
-        return None if value is None else int(value)
-
-    @property
-    def pending(self) -> int:
-        return sum(1 for s, _ in self.responses if int(s.get("Status", -1)) == PENDING)
-
-    @property
-    def failed_uids(self) -> list[str]:
-        ident = self.responses[-1][1] if self.responses else None
-        return [] if ident is None else uid_list(ident.get("FailedSOPInstanceUIDList"))
-
-    def summary(self) -> str:
-        statuses = [f"0x{int(s.Status):04X}" if "Status" in s else "-" for s, _ in self.responses]
-        return f"statuses={statuses} final={self.final if self.responses else None}"
-
-
 MSG_ID = 11
 
 
@@ -371,40 +317,21 @@ def c_move(
     model: str = "STUDY_ROOT",
     *,
     cancel_after: int | None = None,
-) -> MoveOutcome:
+) -> RetrieveOutcome:
     """One C-MOVE on a fresh association with the bridge, as pynetdicom SCU PYNETDICOM.
 
     With `cancel_after`, a C-CANCEL is sent once that many pending responses arrived.
     """
-    outcome = MoveOutcome()
-    ae = AE(ae_title="PYNETDICOM")
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ae.network_timeout = 60
-    ae.add_requested_context(MODELS[model])
-    assoc = ae.associate(
-        bridge.host,
-        bridge.port,
-        ae_title=bridge.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)],
+    outcome = scu_c_move(
+        scu("PYNETDICOM", timeouts=(30, 60, 60)),
+        (bridge.host, bridge.port, bridge.ae_title),
+        query,
+        destination,
+        MODELS[model],
+        msg_id=MSG_ID,
+        cancel_after=cancel_after,
+        nodelay=True,
     )
-    assert assoc.is_established, f"association refused; bridge log:\n{bridge.log_tail()}"
-    outcome.started_at = time.monotonic()
-    try:
-        responses = assoc.send_c_move(query, destination, MODELS[model], msg_id=MSG_ID)
-        for status, ident in responses:
-            outcome.responses.append((status, ident))
-            if (
-                cancel_after is not None
-                and outcome.cancel_at is None
-                and outcome.pending >= cancel_after
-            ):
-                outcome.cancel_at = time.monotonic()
-                assoc.send_c_cancel(MSG_ID, query_model=MODELS[model])
-        outcome.final_at = time.monotonic()
-    finally:
-        if assoc.is_established:
-            assoc.release()
     assert outcome.responses and "Status" in outcome.final, (
         f"no final C-MOVE status (timeout or abort); bridge log:\n{bridge.log_tail()}"
     )
@@ -823,7 +750,7 @@ def test_pynetdicom_move_every_level(
     assert outcome.count("NumberOfCompletedSuboperations") == n, outcome.summary()
     assert outcome.count("NumberOfFailedSuboperations") == 0, outcome.summary()
     assert outcome.count("NumberOfWarningSuboperations") == 0, outcome.summary()
-    assert outcome.pending == n, outcome.summary()
+    assert len(outcome.pending) == n, outcome.summary()
     assert all(int(s.Status) == PENDING for s, _ in outcome.responses[:-1])
     remaining = [int(s.NumberOfRemainingSuboperations) for s, _ in outcome.responses[:-1]]
     assert remaining == list(range(n - 1, -1, -1))

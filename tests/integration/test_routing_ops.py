@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
@@ -36,6 +36,7 @@ from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_
 from tests.integration.dataset import Manifest, make_ct_series, to_bytes, write_dataset
 from tests.integration.orthanc import OrthancServer
 from tests.integration.tools import free_port
+from tests.scu import RetrieveOutcome, c_get
 
 FIND_MODEL = StudyRootQueryRetrieveInformationModelFind
 GET_MODEL = StudyRootQueryRetrieveInformationModelGet
@@ -79,6 +80,7 @@ def c_find_studies(
             if "Status" not in rsp:
                 break
             if int(rsp.Status) in (PENDING, 0xFF01):
+                assert identifier is not None  # a pending response carries its match
                 matches.append(identifier)
             else:
                 status = int(rsp.Status)
@@ -87,59 +89,26 @@ def c_find_studies(
     return matches, status
 
 
-@dataclass
-class GetOutcome:
-    received: dict[str, bytes] = field(default_factory=dict)
-    status: int | None = None
-    final: Dataset | None = None
-
-    def count(self, keyword: str) -> int:
-        value = None if self.final is None else self.final.get(keyword)
-        return 0 if value is None else int(value)
-
-
 def c_get_study(
     port: int,
     called: str,
     study_uid: str,
     sop_class: str,
     on_store: Callable[[Any, int], None] | None = None,
-) -> GetOutcome:
+) -> RetrieveOutcome:
     """C-GET one study (STUDY level) as GETSCU, storing `sop_class` in Explicit VR LE."""
-    outcome = GetOutcome()
-    ae = _ae("GETSCU")
-    ae.add_requested_context(GET_MODEL)
-    ae.add_requested_context(sop_class, [ExplicitVRLittleEndian])
-
-    def handle_store(event: Any) -> int:
-        outcome.received[str(event.request.AffectedSOPInstanceUID)] = (
-            event.request.DataSet.getvalue()
-        )
-        if on_store is not None:
-            on_store(event.assoc, len(outcome.received))
-        return SUCCESS
-
-    assoc = ae.associate(
-        "127.0.0.1",
-        port,
-        ae_title=called,
-        ext_neg=[build_role(sop_class, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
-    )
-    assert assoc.is_established, f"association to {called} refused"
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    try:
-        for rsp, _identifier in assoc.send_c_get(query, GET_MODEL, msg_id=MSG_ID):
-            if "Status" not in rsp:
-                break
-            if int(rsp.Status) not in (PENDING, 0xFF01):
-                outcome.status, outcome.final = int(rsp.Status), rsp
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return outcome
+    return c_get(
+        _ae("GETSCU"),
+        ("127.0.0.1", port, called),
+        query,
+        GET_MODEL,
+        [(sop_class, [ExplicitVRLittleEndian])],
+        msg_id=MSG_ID,
+        on_store=None if on_store is None else lambda item, n: on_store(item.event.assoc, n),
+    )
 
 
 # --------------------------------------------------------------------------- (a) routing
@@ -204,7 +173,7 @@ def test_second_gw_find_answers_from_the_second_backend(routing: Routing) -> Non
 def test_second_gw_get_retrieves_from_the_second_backend(routing: Routing) -> None:
     outcome = c_get_study(routing.bridge.port, SECOND_AE, routing.b_study_uid, CTImageStorage)
     assert outcome.status == SUCCESS, outcome.final
-    assert sorted(outcome.received) == sorted(routing.b_uids)
+    assert sorted(outcome.received_uids) == sorted(routing.b_uids)
     assert outcome.count("NumberOfCompletedSuboperations") == 3
 
 
@@ -306,7 +275,7 @@ def test_metrics_after_a_c_get(ops: Ops) -> None:
     before = ops.metrics()
     outcome = c_get_study(ops.bridge.port, "DIMSE_BRIDGE", study_uid, MRImageStorage)
     assert outcome.status == SUCCESS, outcome.final
-    assert sorted(outcome.received) == sorted(uids)
+    assert sorted(outcome.received_uids) == sorted(uids)
     # The association was released: wait until the bridge has seen it end.
     after = ops.metrics_when(lambda m: m.value("dimse_bridge_associations_active") == 0)
 
@@ -326,7 +295,7 @@ def test_metrics_after_a_c_get(ops: Ops) -> None:
     assert delta(http, backend="default", kind="wado", outcome="200") >= n
     assert delta(http, backend="default", kind="qido", outcome="200") >= 1
     sent = delta("dimse_bridge_bytes_total", service="C-GET", direction="out")
-    assert sent >= sum(len(raw) for raw in outcome.received.values()) * 0.9, sent
+    assert sent >= sum(len(item.raw) for item in outcome.received) * 0.9, sent
     assert delta("dimse_bridge_associations_total", outcome="accepted") == 1
     assert after.value("dimse_bridge_associations_active") == 0
     assert after.value("dimse_bridge_build_info") == 1

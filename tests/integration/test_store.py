@@ -48,7 +48,6 @@ from pynetdicom.sop_class import (
     CTImageStorage,
     MRImageStorage,
     SecondaryCaptureImageStorage,
-    Verification,
 )
 
 from tests.conftest import require_orthanc
@@ -57,6 +56,7 @@ from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_
 from tests.integration.dataset import make_ct_series, make_instance, to_bytes
 from tests.integration.orthanc import OrthancServer
 from tests.integration.tools import free_port, run_dcmtk
+from tests.scu import c_echo as scu_c_echo
 
 pytestmark = pytest.mark.integration
 
@@ -142,14 +142,7 @@ def c_store(
 
 
 def c_echo(bridge: BridgeProcess) -> int:
-    ae = AE(ae_title="ECHOSCU")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(bridge.host, bridge.port, ae_title=bridge.ae_title)
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_echo().Status)
-    finally:
-        assoc.release()
+    return scu_c_echo((bridge.host, bridge.port, bridge.ae_title), "ECHOSCU")
 
 
 class WireTap:

@@ -47,7 +47,7 @@ try:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 except ImportError:  # pragma: no cover - reported by the `pki` fixture
-    x509 = None
+    x509 = None  # type: ignore[assignment]
 
 FIND_MODEL = StudyRootQueryRetrieveInformationModelFind
 SUCCESS, PENDING = 0x0000, 0xFF00

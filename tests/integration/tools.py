@@ -154,12 +154,26 @@ def assert_released_cleanly(result: subprocess.CompletedProcess[str], exit_code:
     assert "Release Failed" not in log and "Aborting Association" not in log, log[-3000:]
 
 
+def free_ports(count: int = 1, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct TCP ports free on `host` right now (bound together, then released).
+
+    The one free-port helper of the tests. Host "" checks all interfaces (what Orthanc binds).
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` right now (bind to port 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """One TCP port free on `host` right now: ``free_ports(1, host)[0]``."""
+    return free_ports(1, host)[0]
 
 
 def port_listening(port: int) -> bool | None:

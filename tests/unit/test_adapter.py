@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pynetdicom import AE, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.sop_class import Verification
 
 from bridge.dimse import adapter
@@ -37,13 +38,15 @@ class Scp:
         handlers: list[Any] = [(evt.EVT_C_ECHO, on_echo)]
         if prepared:
             handlers.append((evt.EVT_CONN_OPEN, _prepare))
-        self.server = ae.start_server((HOST, self.port), block=False, evt_handlers=handlers)
+        server = ae.start_server((HOST, self.port), block=False, evt_handlers=handlers)
+        assert server is not None  # block=False returns the server
+        self.server = server
 
     def associate(self, *, prepared: bool = True) -> Any:
         ae = AE(ae_title="ADAPTERSCU")
         ae.network_timeout = None
         ae.add_requested_context(Verification)
-        handlers = [(evt.EVT_CONN_OPEN, _prepare)] if prepared else []
+        handlers: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, _prepare)] if prepared else []
         assoc = ae.associate(HOST, self.port, ae_title="ADAPTERSCP", evt_handlers=handlers)
         assert assoc.is_established
         return assoc

@@ -19,6 +19,9 @@ def loop() -> Iterator[LoopThread]:
     thread.start()
     yield thread
     thread.stop()
+    # LoopThread.stop leaves the loop open (the bridge's lives until the process exits):
+    # close it here, or its selector's sockets are reported as unclosed.
+    thread.loop.close()
 
 
 class Recorder:

@@ -15,7 +15,15 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 async def _serve(handler: Handler) -> tuple[asyncio.Server, str]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Closed whatever the handler did, also when asyncio.run cancels it at the end
+        # (Python 3.11's Server.close leaves accepted connections open).
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     return server, f"http://127.0.0.1:{port}"
 
@@ -85,8 +93,11 @@ def test_chunked_and_close_delimited_bodies() -> None:
         s2, base2 = await _serve(closing)
         getter = _getter()
         result = (await _fetch(getter, f"{base1}/c"), await _fetch(getter, f"{base2}/d"))
+        await getter.aclose()
         s1.close()
         s2.close()
+        await s1.wait_closed()
+        await s2.wait_closed()
         return result
 
     assert asyncio.run(run()) == (b"hello world", b"until the end")
@@ -100,10 +111,13 @@ def test_error_status_carries_retry_after() -> None:
 
     async def run() -> None:
         server, base = await _serve(busy)
+        getter = _getter()
         try:
-            await _fetch(_getter(), f"{base}/x")
+            await _fetch(getter, f"{base}/x")
         finally:
+            await getter.aclose()
             server.close()
+            await server.wait_closed()
 
     with pytest.raises(DicomwebHTTPError) as caught:
         asyncio.run(run())
@@ -120,10 +134,13 @@ def test_truncated_body_is_a_transient_protocol_error() -> None:
 
     async def run() -> None:
         server, base = await _serve(short)
+        getter = _getter()
         try:
-            await _fetch(_getter(), f"{base}/x")
+            await _fetch(getter, f"{base}/x")
         finally:
+            await getter.aclose()
             server.close()
+            await server.wait_closed()
 
     with pytest.raises(DicomwebProtocolError) as caught:
         asyncio.run(run())
@@ -135,7 +152,11 @@ def test_closed_port_is_unavailable_and_never_sent() -> None:
         server, base = await _serve(_read_request)  # type: ignore[arg-type]
         server.close()
         await server.wait_closed()
-        await _fetch(_getter(), f"{base}/x")
+        getter = _getter()
+        try:
+            await _fetch(getter, f"{base}/x")
+        finally:
+            await getter.aclose()
 
     with pytest.raises(DicomwebUnavailable) as caught:
         asyncio.run(run())
@@ -162,7 +183,9 @@ def test_a_stale_pooled_connection_is_replaced_once() -> None:
         first = await _fetch(getter, f"{base}/1")
         await asyncio.sleep(0.05)
         second = await _fetch(getter, f"{base}/2")
+        await getter.aclose()
         server.close()
+        await server.wait_closed()
         return [first, second]
 
     assert asyncio.run(run()) == [b"ok", b"ok"]
