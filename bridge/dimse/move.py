@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pydicom import Dataset
@@ -27,6 +27,7 @@ from pynetdicom.presentation import PresentationContext
 
 from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.dimse.find import unsupported_sop_class
 from bridge.dimse.refusal import refusing
 from bridge.dimse.retrieve import find_instances
 from bridge.dimse.suboperations import run_suboperations
@@ -44,11 +45,6 @@ from bridge.translate.syntax import (
 
 LOGGER = logging.getLogger(__name__)
 
-MOVE_MODELS = {
-    sop.PATIENT_ROOT_MOVE: InformationModel.PATIENT_ROOT,
-    sop.STUDY_ROOT_MOVE: InformationModel.STUDY_ROOT,
-    sop.COMPOSITE_INSTANCE_ROOT_MOVE: InformationModel.COMPOSITE_INSTANCE_ROOT,
-}
 _MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 
 
@@ -115,10 +111,18 @@ class _CommentOnRefusal:
             pass
 
 
-def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
-    """pynetdicom EVT_C_MOVE handler."""
+def handle_move(
+    event: Any, ctx: BridgeContext, models: Mapping[str, InformationModel]
+) -> Iterator[Any]:
+    """pynetdicom EVT_C_MOVE handler; `models` maps each C-MOVE SOP class to its model."""
+    sop_class = event.request.AffectedSOPClassUID
+    model = models.get(str(sop_class))
+    if model is None:
+        LOGGER.warning("C-MOVE for SOP class %s, which has no model here", sop_class)
+        with refusing(event.assoc, unsupported_sop_class("C-MOVE", sop_class)):
+            yield None, None
+        return
     ctx = ctx.for_event(event)
-    model = MOVE_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     requestor = event.assoc.requestor.ae_title
     destination_ae = str(event.request.MoveDestination or "").strip()
     peer = ctx.config.peer(destination_ae)

@@ -11,13 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import (
-    AE,
-    ALL_TRANSFER_SYNTAXES,
-    AllStoragePresentationContexts,
-    _config,
-    evt,
-)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.aio import LoopThread
@@ -25,19 +19,15 @@ from bridge.config import Config, TlsListenerConfig
 from bridge.dicomweb.auth import build_auth
 from bridge.dicomweb.breaker import State
 from bridge.dicomweb.client import DicomwebClient, make_client
-from bridge.dimse import adapter, sop
-from bridge.dimse.commitment import handle_action
+from bridge.dimse import adapter
 from bridge.dimse.context import BridgeContext
-from bridge.dimse.echo import handle_echo
-from bridge.dimse.find import handle_find
 from bridge.dimse.gate import PeerGate
-from bridge.dimse.get import handle_get
-from bridge.dimse.move import handle_move
 from bridge.dimse.negotiation import prefer_requested_syntaxes
-from bridge.dimse.store import handle_store
+from bridge.dimse.observe import dimse_event_handlers
+from bridge.dimse.services import SERVICES, STORAGE_CLASSES, bindings
 from bridge.errors import BridgeError, ListenError
 from bridge.ops.http import OpsServer
-from bridge.ops.metrics import Metrics, dimse_event_handlers
+from bridge.ops.metrics import Metrics
 from bridge.translate.transcode import local_encoders
 
 LOGGER = logging.getLogger(__name__)
@@ -94,31 +84,16 @@ def build_ae(config: Config) -> AE:
     if not dimse.accept_unknown_peers:
         # pynetdicom answers A-ASSOCIATE-RJ "calling AE title not recognised".
         ae.require_calling_aet = [peer.ae_title for peer in config.peers]
-    ae.add_supported_context(sop.VERIFICATION, ACCEPT_ORDER)
-    for sop_class in (
-        sop.PATIENT_ROOT_FIND,
-        sop.STUDY_ROOT_FIND,
-        sop.PATIENT_ROOT_GET,
-        sop.STUDY_ROOT_GET,
-        sop.COMPOSITE_INSTANCE_ROOT_GET,
-        sop.WITHOUT_BULK_DATA_GET,
-        sop.PATIENT_ROOT_MOVE,
-        sop.STUDY_ROOT_MOVE,
-        sop.COMPOSITE_INSTANCE_ROOT_MOVE,
-        sop.STORAGE_COMMITMENT_PUSH,
-    ):
-        ae.add_supported_context(sop_class, ACCEPT_ORDER)
-    # C-GET sends its sub-operations on the same association: accept the SCP role the
-    # retrieving peer proposes for every storage SOP class, in any transfer syntax.
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(
-            str(cx.abstract_syntax), ACCEPT_ORDER, scu_role=True, scp_role=True
-        )
+    for service in SERVICES:  # bridge/dimse/services.py
+        if service.event is evt.EVT_C_STORE:
+            # C-GET sends its sub-operations on the same association: accept the SCP role
+            # the retrieving peer proposes for every storage SOP class, in any syntax.
+            ae.add_supported_context(
+                service.sop_class, ACCEPT_ORDER, scu_role=True, scp_role=True
+            )
+        else:
+            ae.add_supported_context(service.sop_class, ACCEPT_ORDER)
     return ae
-
-
-# Storage SOP classes: their contexts get the requester's syntax order (negotiation.py).
-STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 
 
 class Bridge:
@@ -164,12 +139,7 @@ class Bridge:
             (evt.EVT_REQUESTED, prefer_requested_syntaxes, [STORAGE_CLASSES, local_encoders()]),
             (evt.EVT_ESTABLISHED, _log_association),
             *self.gate.handlers(),
-            (evt.EVT_C_ECHO, handle_echo, [ctx]),
-            (evt.EVT_C_FIND, handle_find, [ctx]),
-            (evt.EVT_C_GET, handle_get, [ctx]),
-            (evt.EVT_C_MOVE, handle_move, [ctx]),
-            (evt.EVT_C_STORE, handle_store, [ctx]),
-            (evt.EVT_N_ACTION, handle_action, [ctx]),
+            *bindings(ctx),
             *dimse_event_handlers(self.metrics),
         ]
         dimse = config.dimse

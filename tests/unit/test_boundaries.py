@@ -52,3 +52,20 @@ def test_dicomweb_client_does_not_import_pynetdicom() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_ops_imports_neither_pynetdicom_nor_httpx() -> None:
+    result = run_python(
+        """
+        import sys
+        import bridge.ops.http, bridge.ops.logs, bridge.ops.metrics
+        assert "prometheus_client" in sys.modules  # the check below is not vacuous
+        leaked = sorted(
+            name for name in sys.modules
+            if name.split(".")[0] in ("httpx", "httpcore", "pynetdicom")
+        )
+        print(",".join(leaked))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""

@@ -19,14 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pynetdicom import AE, evt
 
+from bridge.dimse.observe import DimseObserver, dimse_event_handlers
 from bridge.dimse.sop import STUDY_ROOT_FIND, VERIFICATION
 from bridge.ops.http import CachedProbe, OpsServer, parse_listen
 from bridge.ops.logs import TEXT_FORMAT, JsonFormatter, Progress, setup_logging
 from bridge.ops.metrics import (
     CONTENT_TYPE,
-    DimseObserver,
     Metrics,
-    dimse_event_handlers,
     status_category,
     status_label,
 )
