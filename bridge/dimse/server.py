@@ -1,4 +1,4 @@
-"""The DIMSE server: AE, presentation contexts, association policy, handlers, shutdown."""
+"""The DIMSE server: AE, presentation contexts, association policy, listeners, draining."""
 
 from __future__ import annotations
 
@@ -12,21 +12,17 @@ from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.events import EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge.aio import LoopThread
 from bridge.config import Config, TlsListenerConfig
-from bridge.dicomweb.auth import build_auth
-from bridge.dicomweb.breaker import State
-from bridge.dicomweb.client import DicomwebClient, make_client
 from bridge.dimse import adapter
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.gate import PeerGate
 from bridge.dimse.negotiation import prefer_requested_syntaxes
 from bridge.dimse.observe import dimse_event_handlers
 from bridge.dimse.services import SERVICES, STORAGE_CLASSES, bindings
-from bridge.errors import BridgeError, ListenError
-from bridge.ops.http import OpsServer
+from bridge.errors import ListenError
 from bridge.ops.metrics import Metrics
 from bridge.translate.transcode import local_encoders
 
@@ -96,78 +92,42 @@ def build_ae(config: Config) -> AE:
     return ae
 
 
-class Bridge:
-    """A running bridge: HTTP loop, DICOMweb clients and DIMSE listeners; stop() shuts down."""
+class DimseServer:
+    """The DIMSE listeners (plain, and DICOM TLS when enabled) of one AE, with its
+    association policy; ``stop()`` drains them. bridge/app.py builds what they serve with."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.metrics = metrics or Metrics()
-        self.loop = LoopThread()
         self.ae = build_ae(config)
-        self.servers: list[ThreadedAssociationServer] = []
-        self.clients: dict[str, DicomwebClient] = {}
-        self.context: BridgeContext | None = None
-        self.ops: OpsServer | None = None
-        self._stopping = threading.Event()
         self.gate = PeerGate(config)
-        # Built here, off the event loop: credentials discovery may block, and a broken
-        # auth setup must fail the start (ConfigError), not the first request.
-        self.auths = {"default": build_auth(config.dicomweb.auth)}
-        for backend in config.backends:
-            self.auths[backend.name] = build_auth(backend.dicomweb.auth)
+        self.servers: list[ThreadedAssociationServer] = []
+        self._force = threading.Event()
 
-    def start(self) -> None:
-        self.loop.start()
-        config = self.config
-        self.clients = self.loop.call(_make_clients(config, self.metrics, self.auths))
-        routes = {
-            backend.ae_title: (backend.name, self.clients[backend.name], backend.dicomweb)
-            for backend in config.backends
-        }
-        ctx = BridgeContext(
-            config=config,
-            loop=self.loop,
-            client=self.clients["default"],
-            dicomweb=config.dicomweb,
-            routes=routes,
-            metrics=self.metrics,
-        )
-        self.context = ctx
-        handlers: list[Any] = [
+    def start(self, ctx: BridgeContext, metrics: Metrics) -> None:
+        """Listen; the handlers get `ctx`. On ListenError the caller stops everything."""
+        handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_CONN_OPEN, _prepare),
             (evt.EVT_REQUESTED, prefer_requested_syntaxes, [STORAGE_CLASSES, local_encoders()]),
             (evt.EVT_ESTABLISHED, _log_association),
             *self.gate.handlers(),
             *bindings(ctx),
-            *dimse_event_handlers(self.metrics),
+            *dimse_event_handlers(metrics),
         ]
-        dimse = config.dimse
-        try:
-            self._listen(dimse.host, dimse.port, handlers, None)
-            if dimse.tls.enabled:
-                tls = dimse.tls
-                self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
-            if config.ops.listen:
-                self.ops = OpsServer(config.ops.listen, self.metrics, self.ready)
-                try:
-                    self.ops.start()
-                except OSError as exc:
-                    raise ListenError(config.ops.listen, exc.strerror or str(exc)) from exc
-                LOGGER.info("operations listener on %s (/metrics /healthz /readyz)", self.ops.url)
-        except Exception:
-            self.stop()
-            raise
-        for backend in [("default", dimse.ae_title, config.dicomweb)] + [
-            (b.name, b.ae_title, b.dicomweb) for b in config.backends
-        ]:
-            LOGGER.info("called AE %s → backend %s: %s", backend[1], backend[0], backend[2].url)
+        dimse = self.config.dimse
+        self._listen(dimse.host, dimse.port, handlers, None)
+        if dimse.tls.enabled:
+            tls = dimse.tls
+            self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
+
+    def log_listening(self) -> None:
+        dimse = self.config.dimse
         LOGGER.info("listening as %s on %s:%d", dimse.ae_title, dimse.host, dimse.port)
         if dimse.tls.enabled:
             LOGGER.info("DICOM TLS listener on %s:%d", dimse.tls.host, dimse.tls.port)
 
     def _listen(
-        self, host: str, port: int, handlers: list[Any], context: ssl.SSLContext | None
+        self, host: str, port: int, handlers: list[EventHandlerType], context: ssl.SSLContext | None
     ) -> None:
         try:
             server = self.ae.start_server(
@@ -180,50 +140,30 @@ class Bridge:
             server.get_request = _deferred_handshake(server, context)  # type: ignore[method-assign]
         self.servers.append(server)
 
-    def ready(self) -> tuple[bool, str]:
-        """Readiness for /readyz: every backend answers its QIDO-RS probe."""
-        if self._stopping.is_set():
-            return False, "shutting down"
-        summaries = []
-        for name, client in self.clients.items():
-            try:
-                summaries.append(f"{name}: {self.loop.call(client.probe(), timeout=5.0)}")
-            except BridgeError as exc:
-                return False, f"{name}: {exc}"
-            except TimeoutError:
-                return False, f"{name}: DICOMweb probe timed out after 5 s"
-        return True, "; ".join(summaries)
-
     def active_associations(self) -> int:
         return sum(len(_working(server)) for server in self.servers)
 
+    def force(self) -> None:
+        """Stop waiting for running associations: ``stop()`` aborts them now."""
+        self._force.set()
+
     def stop(self) -> None:
-        """Stop accepting, let running associations finish (bounded), then free everything."""
-        self._stopping.set()
+        """Stop accepting, let running associations finish (bounded by
+        dimse.shutdown_timeout, or until ``force()``), then abort what is left."""
         for server in self.servers:
             server.shutdown()
         deadline = time.monotonic() + self.config.dimse.shutdown_timeout
-        while self.active_associations() and time.monotonic() < deadline:
+        while (
+            self.active_associations()
+            and time.monotonic() < deadline
+            and not self._force.is_set()
+        ):
             time.sleep(0.1)
         for server in self.servers:
             for assoc in _working(server):
                 LOGGER.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
                 assoc.abort()
         self.servers = []
-        self._close_http()
-        self.loop.stop()
-        # Last, so /healthz keeps answering while associations drain.
-        if self.ops is not None:
-            self.ops.stop()
-            self.ops = None
-
-    def _close_http(self) -> None:
-        clients, self.clients = self.clients, {}
-        for client in clients.values():
-            try:
-                self.loop.call(client.aclose(), timeout=5)
-            except Exception:  # shutting down: nothing left to tell
-                LOGGER.debug("closing an HTTP client failed", exc_info=True)
 
 
 def _deferred_handshake(
@@ -263,46 +203,3 @@ def _working(server: ThreadedAssociationServer) -> list[Any]:
         for assoc in server.active_associations
         if assoc.is_established or assoc.dul.is_alive()
     ]
-
-
-async def _make_clients(
-    config: Config, metrics: Metrics, auths: dict[str, Any]
-) -> dict[str, DicomwebClient]:
-    # Created on the loop thread: each client's connection pool belongs to that loop.
-    observer = metrics.http_request
-
-    def on_breaker(backend: str, state: State) -> None:
-        metrics.circuit_state(backend, state.value)
-
-    clients = {
-        "default": make_client(
-            config.dicomweb,
-            backend="default",
-            observer=observer,
-            auth=auths["default"],
-            fast_http=config.retrieve.fast_http,
-            breaker_listener=on_breaker,
-        )
-    }
-    for backend in config.backends:
-        clients[backend.name] = make_client(
-            backend.dicomweb,
-            backend=backend.name,
-            observer=observer,
-            auth=auths[backend.name],
-            fast_http=config.retrieve.fast_http,
-            breaker_listener=on_breaker,
-        )
-    return clients
-
-
-def serve_until(bridge: Bridge, stop: threading.Event) -> None:
-    """Run `bridge` until `stop` is set (by a signal handler), then shut it down."""
-    bridge.start()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        LOGGER.info("shutting down: %d association(s) running", bridge.active_associations())
-        bridge.stop()
-        LOGGER.info("stopped")
