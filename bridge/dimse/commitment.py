@@ -192,7 +192,7 @@ def _send_on_same(assoc: Any, event_type: int, info: Dataset) -> bool:
             if encoded is None:
                 raise ValueError("the Event Information cannot be encoded")
             req.EventInformation = BytesIO(encoded)
-            assoc.dimse.send_msg(req, context.context_id)
+            adapter.send_message(assoc, req, context.context_id)
             deadline = time.monotonic() + _REPORT_TIMEOUT
             while (remaining := deadline - time.monotonic()) > 0:
                 _, rsp = adapter.wait_response(

@@ -15,8 +15,8 @@ refusal's own status.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -72,43 +72,27 @@ class _SubAssociation:
         self.opened = threading.Event()
 
     def on_open(self, event: Any) -> None:
-        sock = event.assoc.dul.socket.socket
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # pynetdicom has already built the A-ASSOCIATE-RQ primitive by now: set both.
-        event.assoc.requestor.ae_title = self.calling_ae_title
-        event.assoc.requestor.primitive.calling_ae_title = self.calling_ae_title
+        adapter.set_nodelay(event.assoc)
+        adapter.set_calling_ae_title(event.assoc, self.calling_ae_title)
         # Its reactor is held for the whole move, and its idle timer paused meanwhile.
         adapter.prepare(event.assoc)
         self.assoc = event.assoc
         self.opened.set()
 
 
-class _CommentOnRefusal:
+@contextlib.contextmanager
+def _comment_on_refusal(assoc: Any, comment: Callable[[], str]) -> Iterator[None]:
     """Adds an ErrorComment to the 0xA801 response pynetdicom sends by itself."""
 
-    def __init__(self, assoc: Any, comment: Callable[[], str]) -> None:
-        self.assoc = assoc
-        self.comment = comment
+    def add_comment(rsp: Any) -> bool:
+        if getattr(rsp, "Status", None) == MOVE_DESTINATION_UNKNOWN and not getattr(
+            rsp, "ErrorComment", None
+        ):
+            rsp.ErrorComment = comment()[:64]
+        return False
 
-    def __enter__(self) -> None:
-        dimse = self.assoc.dimse
-        original = dimse.send_msg
-
-        def send_msg(rsp: Any, context_id: int) -> None:
-            if getattr(rsp, "Status", None) == MOVE_DESTINATION_UNKNOWN and not getattr(
-                rsp, "ErrorComment", None
-            ):
-                rsp.ErrorComment = self.comment()[:64]
-            original(rsp, context_id)
-
-        dimse.send_msg = send_msg
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            del self.assoc.dimse.send_msg
-        except AttributeError:
-            pass
+    with adapter.editing_sent(assoc, add_comment):
+        yield
 
 
 def handle_move(
@@ -128,7 +112,7 @@ def handle_move(
     peer = ctx.config.peer(destination_ae)
     if peer is None:
         LOGGER.warning("C-MOVE from %s: unknown destination %r", requestor, destination_ae)
-        with _CommentOnRefusal(event.assoc, lambda: f"move destination {destination_ae} unknown"):
+        with _comment_on_refusal(event.assoc, lambda: f"move destination {destination_ae} unknown"):
             yield None, None
         return
     # The identifier and the listing come before the destination is yielded: a refusal
@@ -148,7 +132,7 @@ def handle_move(
         "evt_handlers": [(evt.EVT_CONN_OPEN, sub.on_open)],
         "contexts": move_contexts(refs) or [build_context(sop.VERIFICATION)],
     }
-    with _CommentOnRefusal(
+    with _comment_on_refusal(
         event.assoc,
         lambda: f"cannot associate with {destination_ae} at {peer.host}:{peer.port}",
     ):

@@ -39,10 +39,7 @@ _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def _set_nodelay(event: Any) -> None:
-    # Nagle plus delayed ACKs makes a pynetdicom sender ~4x slower and erratic.
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    adapter.set_nodelay(event.assoc)
 
 
 def _prepare(event: Any) -> None:
