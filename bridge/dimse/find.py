@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 from pydicom import Dataset
 from pynetdicom.dsutils import encode
+from pynetdicom.events import Event
 
 from bridge.aio import Cancelled
 from bridge.dimse.context import BridgeContext, CancelWatch
@@ -41,7 +41,7 @@ LOGGER = logging.getLogger(__name__)
 Response = tuple[int | Dataset, Dataset | None]
 
 
-def decode_identifier(event: Any) -> Dataset:
+def decode_identifier(event: Event) -> Dataset:
     """The request identifier, or InvalidIdentifier when it cannot be decoded."""
     try:
         identifier = event.identifier
@@ -59,7 +59,7 @@ def unsupported_sop_class(service: str, sop_class: object) -> Dataset:
 
 
 def handle_find(
-    event: Any, ctx: BridgeContext, models: Mapping[str, InformationModel]
+    event: Event, ctx: BridgeContext, models: Mapping[str, InformationModel]
 ) -> Iterator[Response]:
     """pynetdicom EVT_C_FIND handler: pending per match, then stop (pynetdicom adds Success).
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.events import Event
 
 from bridge.aio import Cancelled
 from bridge.dimse.context import BridgeContext, CancelWatch
@@ -52,7 +52,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 def handle_get(
-    event: Any, ctx: BridgeContext, models: Mapping[str, InformationModel]
+    event: Event, ctx: BridgeContext, models: Mapping[str, InformationModel]
 ) -> Iterator[Response]:
     """pynetdicom EVT_C_GET handler; `models` maps each C-GET SOP class to its model."""
     sop_class = event.request.AffectedSOPClassUID
@@ -93,7 +93,7 @@ def handle_get(
 
 
 def _send_frames(
-    event: Any,
+    event: Event,
     ctx: BridgeContext,
     frames: tuple[int, ...],
     refs: list[InstanceRef],

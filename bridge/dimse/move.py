@@ -19,10 +19,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import build_context, evt
+from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from bridge.dimse import adapter, sop
@@ -71,7 +73,7 @@ class _SubAssociation:
         self.assoc: Any = None
         self.opened = threading.Event()
 
-    def on_open(self, event: Any) -> None:
+    def on_open(self, event: Event) -> None:
         adapter.set_nodelay(event.assoc)
         adapter.set_calling_ae_title(event.assoc, self.calling_ae_title)
         # Its reactor is held for the whole move, and its idle timer paused meanwhile.
@@ -96,7 +98,7 @@ def _comment_on_refusal(assoc: Any, comment: Callable[[], str]) -> Iterator[None
 
 
 def handle_move(
-    event: Any, ctx: BridgeContext, models: Mapping[str, InformationModel]
+    event: Event, ctx: BridgeContext, models: Mapping[str, InformationModel]
 ) -> Iterator[Any]:
     """pynetdicom EVT_C_MOVE handler; `models` maps each C-MOVE SOP class to its model."""
     sop_class = event.request.AffectedSOPClassUID
@@ -108,7 +110,7 @@ def handle_move(
         return
     ctx = ctx.for_event(event)
     requestor = event.assoc.requestor.ae_title
-    destination_ae = str(event.request.MoveDestination or "").strip()
+    destination_ae = str(cast(C_MOVE, event.request).MoveDestination or "").strip()
     peer = ctx.config.peer(destination_ae)
     if peer is None:
         LOGGER.warning("C-MOVE from %s: unknown destination %r", requestor, destination_ae)

@@ -12,7 +12,7 @@ from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.events import EventHandlerType
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
 from bridge.config import Config, TlsListenerConfig
@@ -38,17 +38,17 @@ _config.LOG_RESPONSE_IDENTIFIERS = False
 _config.STORE_RECV_CHUNKED_DATASET = True
 
 
-def _set_nodelay(event: Any) -> None:
+def _set_nodelay(event: Event) -> None:
     adapter.set_nodelay(event.assoc)
 
 
-def _prepare(event: Any) -> None:
+def _prepare(event: Event) -> None:
     # Before the reactor runs: the idle timer that ignores time spent serving, and the
     # reactor pause the storage-commitment report relies on (bridge/dimse/adapter.py).
     adapter.prepare(event.assoc)
 
 
-def _log_association(event: Any) -> None:
+def _log_association(event: Event) -> None:
     requestor = event.assoc.requestor
     LOGGER.info(
         "association from %s (%s:%s)", requestor.ae_title, requestor.address, requestor.port
