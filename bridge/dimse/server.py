@@ -28,14 +28,19 @@ from bridge.translate.transcode import local_encoders
 
 LOGGER = logging.getLogger(__name__)
 
-# pynetdicom's own logging prints identifiers (PHI) at INFO and formats every PDU: the
-# bridge logs what an operator needs itself.
-_config.LOG_HANDLER_LEVEL = "none"
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-# Incoming C-STORE data sets go to a temporary Part 10 file as they arrive, which the
-# STOW-RS upload streams from: never re-encoded, never whole in memory.
-_config.STORE_RECV_CHUNKED_DATASET = True
+
+def configure_pynetdicom() -> None:
+    """pynetdicom's process-wide settings the bridge serves with. Set when a DimseServer
+    is made, not on import: a process that only imports this module (the tests, with SCPs
+    of their own) keeps pynetdicom's defaults."""
+    # pynetdicom's own logging prints identifiers (PHI) at INFO and formats every PDU: the
+    # bridge logs what an operator needs itself.
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # Incoming C-STORE data sets go to a temporary Part 10 file as they arrive, which the
+    # STOW-RS upload streams from: never re-encoded, never whole in memory.
+    _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def _set_nodelay(event: Event) -> None:
@@ -94,6 +99,7 @@ class DimseServer:
     association policy; ``stop()`` drains them. bridge/app.py builds what they serve with."""
 
     def __init__(self, config: Config) -> None:
+        configure_pynetdicom()
         self.config = config
         self.ae = build_ae(config)
         self.gate = PeerGate(config)
