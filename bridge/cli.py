@@ -11,13 +11,10 @@ import asyncio
 import importlib.metadata
 import logging
 import platform
-import signal
 import ssl
 import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import replace
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
@@ -26,7 +23,7 @@ from bridge.configdump import dump_config, mask_url, toml_key
 from bridge.errors import BridgeError, ConfigError, ListenError
 
 if TYPE_CHECKING:
-    from bridge.dimse.server import Bridge
+    from bridge.app import Bridge
 
 LOGGER = logging.getLogger("bridge")
 
@@ -178,15 +175,11 @@ def _print_config(config: Config) -> int:
 # --------------------------------------------------------------------------- check
 
 
-def _backends(config: Config) -> list[tuple[str, DicomwebConfig]]:
-    return [("default", config.dicomweb)] + [(b.name, b.dicomweb) for b in config.backends]
-
-
 def _check(config: Config, *, offline: bool = False, peers: bool = False) -> int:
     from bridge.dicomweb.auth import build_auth
     from bridge.dicomweb.client import make_client
 
-    backends = _backends(config)
+    backends = [(b.name, b.dicomweb) for b in config.all_backends]
     try:
         auths = [build_auth(dicomweb.auth) for _, dicomweb in backends]
         tls_lines = tls_summary(config)
@@ -254,7 +247,8 @@ def tls_summary(config: Config) -> list[str]:
             f"tls: DICOM TLS listener on {tls.host}:{tls.port}, certificate {tls.certificate}; "
             f"{clients}"
         )
-    for name, dicomweb in _backends(config):
+    for backend in config.all_backends:
+        name, dicomweb = backend.name, backend.dicomweb
         prefix = "dicomweb" if name == "default" else f"backends.{toml_key(name)}"
         url = mask_url(dicomweb.url)
         https = dicomweb.url.startswith("https:")
@@ -308,35 +302,29 @@ def _check_peers(config: Config) -> bool:
 
 
 def _run(config: Config) -> int:
-    from bridge.dimse.server import Bridge, serve_until
+    from bridge.app import Bridge, Signals, serve
     from bridge.ops.logs import setup_logging
 
     setup_logging(config.logging.level, config.logging.format)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        LOGGER.info("received %s", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    LOGGER.info("dimse-bridge %s, config %s", __version__, config.source)
-    try:
-        tls_summary(config)  # unusable TLS files: exit 2 like any invalid config
-        bridge = Bridge(config)
-    except ConfigError as exc:
-        return _invalid(exc)
-    # Before listening: the port accepting associations then means the probe is over, so
-    # its request never mixes with the first ones served (a silent backend delays the
-    # start by STARTUP_PROBE_TIMEOUT_S at most). On the bridge's own loop, which start()
-    # keeps: the auth objects (a cached token, their locks) stay on one loop.
-    bridge.loop.start()
-    probe_backends(bridge)
-    try:
-        serve_until(bridge, stop)
-    except ListenError as exc:
-        print(f"dimse-bridge: cannot listen on {exc.address}: {exc.reason}", file=sys.stderr)
-        return EXIT_RUNTIME
+    signals = Signals()
+    with signals.capture():
+        LOGGER.info("dimse-bridge %s, config %s", __version__, config.source)
+        try:
+            tls_summary(config)  # unusable TLS files: exit 2 like any invalid config
+            bridge = Bridge(config)
+        except ConfigError as exc:
+            return _invalid(exc)
+        # Before listening: the port accepting associations then means the probe is over,
+        # so its request never mixes with the first ones served (a silent backend delays
+        # the start by STARTUP_PROBE_TIMEOUT_S at most). On the bridge's own loop, which
+        # start() keeps: the auth objects (a cached token, their locks) stay on one loop.
+        bridge.loop.start()
+        probe_backends(bridge)
+        try:
+            serve(bridge, signals)
+        except ListenError as exc:
+            print(f"dimse-bridge: cannot listen on {exc.address}: {exc.reason}", file=sys.stderr)
+            return EXIT_RUNTIME
     return EXIT_OK
 
 
@@ -347,7 +335,7 @@ def probe_backends(bridge: Bridge, timeout: float = STARTUP_PROBE_TIMEOUT_S) -> 
     the difference)."""
     from bridge.dicomweb.client import make_client
 
-    backends = dict(_backends(bridge.config))
+    backends = {backend.name: backend.dicomweb for backend in bridge.backends}
 
     async def probe(name: str) -> str:
         # A client of its own, closed after: the probe leaves the bridge's connection pools

@@ -221,6 +221,12 @@ class Config:
     backends: tuple[Backend, ...] = ()
     source: str = EMBEDDED_SOURCE
 
+    @property
+    def all_backends(self) -> tuple[Backend, ...]:
+        """Every backend, the default one first: ``[dicomweb]`` as "default", called by
+        dimse.ae_title, then each ``[backends.NAME]``. The one list the bridge reads."""
+        return (Backend("default", self.dimse.ae_title, self.dicomweb), *self.backends)
+
     def peer(self, ae_title: str) -> Peer | None:
         """The peer with this AE title (trailing/leading spaces ignored), if configured."""
         wanted = ae_title.strip()

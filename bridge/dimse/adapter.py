@@ -1,6 +1,6 @@
 """The only place that touches pynetdicom internals; pinned to the range in pyproject.toml.
 
-pynetdicom 3.0 has no public hook for three things the bridge needs, so this module
+pynetdicom 3.0 has no public hook for several things the bridge needs, so this module
 reaches into private attributes of ``Association``, ``DULServiceProvider`` and
 ``DIMSEServiceProvider`` (checked against 3.0.4's source; an upgrade touches only this
 file, and ``tests/unit/test_adapter.py`` pins the behaviour against real associations).
@@ -37,6 +37,13 @@ pause.
 ``wait_response``: it polls the DIMSE queue in 50 ms steps and gives up as soon as the
 association is aborted or its DUL thread is gone, rather than after the whole DIMSE
 timeout.
+
+**Messages pynetdicom builds itself are edited on their way out.** ``editing_sent`` is
+the one wrapper of ``dimse.send_msg`` (refusals, the final ErrorComment, the 0xA801
+comment are small edits through it), and ``replacing_send_c_store`` the one of
+``send_c_store`` (sub-operation results, the encoded fast path). Socket options, the
+calling AE title of an opening association and the sending of a DIMSE message outside
+``send_*`` are here too.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -361,3 +369,89 @@ def response_status(assoc: Any, rsp: Any) -> Dataset:
         return Dataset()
     status: Dataset = assoc._check_received_status(rsp)
     return status
+
+
+def send_message(assoc: Any, msg: Any, context_id: int) -> None:
+    """Send a DIMSE message pynetdicom has no ``send_*`` for in this role (the
+    N-EVENT-REPORT an acceptor sends on the requestor's association)."""
+    assoc.dimse.send_msg(msg, context_id)
+
+
+def set_nodelay(assoc: Any) -> None:
+    """TCP_NODELAY on the association's socket: Nagle plus delayed ACKs makes a
+    pynetdicom sender ~4x slower and erratic. Call from EVT_CONN_OPEN."""
+    sock = assoc.dul.socket.socket
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def set_calling_ae_title(assoc: Any, ae_title: str) -> None:
+    """The calling AE title of a requestor association pynetdicom is opening (from
+    EVT_CONN_OPEN): it has already built the A-ASSOCIATE-RQ primitive, so set both."""
+    assoc.requestor.ae_title = ae_title
+    assoc.requestor.primitive.calling_ae_title = ae_title
+
+
+# --- the messages pynetdicom sends ------------------------------------------------------
+
+SentEdit = Callable[[Any], bool]
+"""Edits a DIMSE message pynetdicom is about to send; returns True once it is done."""
+
+
+class _SendEditor:
+    """Stands in for an association's ``dimse.send_msg`` while edits are active."""
+
+    def __init__(self, dimse: Any) -> None:
+        self.dimse = dimse
+        self.original: Callable[[Any, int], None] = dimse.send_msg
+        self.edits: list[list[SentEdit]] = []  # one-element lists: identity tokens
+
+    def __call__(self, msg: Any, context_id: int) -> None:
+        for entry in reversed(self.edits):  # the latest first, as nested wrappers would
+            if entry[0](msg):
+                self.discard(entry)
+        self.original(msg, context_id)
+
+    def discard(self, entry: list[SentEdit]) -> None:
+        self.edits = [e for e in self.edits if e is not entry]
+        if not self.edits and vars(self.dimse).get("send_msg") is self:
+            del self.dimse.send_msg
+
+
+@contextlib.contextmanager
+def editing_sent(assoc: Any, edit: SentEdit) -> Iterator[None]:
+    """While active, `edit` sees every DIMSE message pynetdicom sends on `assoc` just
+    before it goes out, and may change it.
+
+    pynetdicom builds some responses itself with no hook for the handler (the 0xA801 of
+    a C-MOVE, the final C-GET/C-MOVE response once every sub-operation has a result):
+    ``DIMSEServiceProvider.send_msg`` is the one place to reach them. Edits nest, the
+    latest applied first. An edit returning True is removed at once, since a handler
+    pynetdicom does not resume after that response never leaves its ``with`` block.
+    """
+    dimse = assoc.dimse
+    editor = vars(dimse).get("send_msg")
+    if not isinstance(editor, _SendEditor):
+        editor = _SendEditor(dimse)
+        dimse.send_msg = editor
+    entry = [edit]
+    editor.edits.append(entry)
+    try:
+        yield
+    finally:
+        editor.discard(entry)
+
+
+@contextlib.contextmanager
+def replacing_send_c_store(
+    assoc: Any, make: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Iterator[None]:
+    """While active, pynetdicom's C-GET/C-MOVE service classes call ``make(original)``
+    instead of ``assoc.send_c_store`` for each sub-operation: the only way to see their
+    results, or to send one differently."""
+    assoc.send_c_store = make(assoc.send_c_store)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(AttributeError):
+            del assoc.send_c_store

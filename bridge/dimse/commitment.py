@@ -14,13 +14,14 @@ import threading
 import time
 from collections.abc import Iterable
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pynetdicom import AE, build_context, build_role, evt
-from pynetdicom.dimse_primitives import N_EVENT_REPORT
+from pynetdicom.dimse_primitives import N_ACTION, N_EVENT_REPORT
 from pynetdicom.dsutils import encode
+from pynetdicom.events import Event
 
 from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext
@@ -45,10 +46,10 @@ _UIDS_PER_QUERY = 50  # keeps each QIDO-RS URL well under common 8 KB limits
 _REPORT_TIMEOUT = 5.0  # seconds to wait for the N-EVENT-REPORT-RSP on the same association
 
 
-def handle_action(event: Any, ctx: BridgeContext) -> tuple[Dataset | int, Dataset | None]:
+def handle_action(event: Event, ctx: BridgeContext) -> tuple[Dataset | int, Dataset | None]:
     """pynetdicom EVT_N_ACTION handler."""
     ctx = ctx.for_event(event)
-    if event.request.ActionTypeID != REQUEST_COMMITMENT:
+    if cast(N_ACTION, event.request).ActionTypeID != REQUEST_COMMITMENT:
         return status_dataset(NO_SUCH_ACTION, "only Request Storage Commitment (1)"), None
     try:
         info = event.action_information
@@ -195,7 +196,7 @@ def _send_on_same(assoc: Any, event_type: int, info: Dataset) -> bool:
             if encoded is None:
                 raise ValueError("the Event Information cannot be encoded")
             req.EventInformation = BytesIO(encoded)
-            assoc.dimse.send_msg(req, context.context_id)
+            adapter.send_message(assoc, req, context.context_id)
             deadline = time.monotonic() + _REPORT_TIMEOUT
             while (remaining := deadline - time.monotonic()) > 0:
                 _, rsp = adapter.wait_response(
@@ -211,7 +212,7 @@ def _send_on_same(assoc: Any, event_type: int, info: Dataset) -> bool:
         return False
 
 
-def _prepare(event: Any) -> None:
+def _prepare(event: Event) -> None:
     adapter.prepare(event.assoc)
 
 

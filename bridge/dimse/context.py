@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+
+from pynetdicom.events import Event
 
 from bridge.aio import LoopThread
 from bridge.config import Config, DicomwebConfig
@@ -32,10 +33,12 @@ class BridgeContext:
     routes: Mapping[str, tuple[str, DicomwebClient, DicomwebConfig]] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
 
-    def for_event(self, event: Any) -> BridgeContext:
+    def for_event(self, event: Event) -> BridgeContext:
         # The called AE title of the A-ASSOCIATE-RQ: pynetdicom's acceptor.ae_title is the
         # server's own title whatever the peer called.
-        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
+        primitive = event.assoc.requestor.primitive
+        assert primitive is not None  # a served request: the A-ASSOCIATE-RQ has arrived
+        called = str(primitive.called_ae_title).strip()
         route = self.routes.get(called)
         if route is None:
             return self
@@ -65,7 +68,7 @@ class CancelWatch:
     several parts of a handler ask; this object asks pynetdicom and keeps the answer.
     """
 
-    def __init__(self, event: Any) -> None:
+    def __init__(self, event: Event) -> None:
         self._event = event
         self.cancelled = False
         self.reason = ""

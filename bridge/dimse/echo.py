@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pynetdicom.events import Event
 
 from bridge.dimse.context import BridgeContext
 from bridge.translate.status import SUCCESS
 
 
-def handle_echo(event: Any, ctx: BridgeContext) -> int:
+def handle_echo(event: Event, ctx: BridgeContext) -> int:
     return SUCCESS

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from pydicom import Dataset
 from pynetdicom.dsutils import encode
+from pynetdicom.events import Event
 
 from bridge.aio import Cancelled
-from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.errors import (
     BridgeError,
@@ -31,6 +30,7 @@ from bridge.translate.status import (
     CANCEL,
     OUT_OF_RESOURCES,
     PENDING,
+    SOP_CLASS_NOT_SUPPORTED,
     find_failure,
     internal_error,
     status_dataset,
@@ -38,15 +38,10 @@ from bridge.translate.status import (
 
 LOGGER = logging.getLogger(__name__)
 
-FIND_MODELS = {
-    sop.PATIENT_ROOT_FIND: InformationModel.PATIENT_ROOT,
-    sop.STUDY_ROOT_FIND: InformationModel.STUDY_ROOT,
-}
-
 Response = tuple[int | Dataset, Dataset | None]
 
 
-def decode_identifier(event: Any) -> Dataset:
+def decode_identifier(event: Event) -> Dataset:
     """The request identifier, or InvalidIdentifier when it cannot be decoded."""
     try:
         identifier = event.identifier
@@ -57,10 +52,26 @@ def decode_identifier(event: Any) -> Dataset:
     return identifier
 
 
-def handle_find(event: Any, ctx: BridgeContext) -> Iterator[Response]:
-    """pynetdicom EVT_C_FIND handler: pending per match, then stop (pynetdicom adds Success)."""
+def unsupported_sop_class(service: str, sop_class: object) -> Dataset:
+    """The failure for a SOP class the bridge has no information model for on `service`:
+    answering it as another model's query would be a wrong answer, not a failure."""
+    return status_dataset(SOP_CLASS_NOT_SUPPORTED, f"{service} SOP class {sop_class} not served")
+
+
+def handle_find(
+    event: Event, ctx: BridgeContext, models: Mapping[str, InformationModel]
+) -> Iterator[Response]:
+    """pynetdicom EVT_C_FIND handler: pending per match, then stop (pynetdicom adds Success).
+
+    `models` maps each C-FIND SOP class to its information model (bridge/dimse/services.py).
+    """
+    sop_class = event.request.AffectedSOPClassUID
+    model = models.get(str(sop_class))
+    if model is None:
+        LOGGER.warning("C-FIND for SOP class %s, which has no model here", sop_class)
+        yield unsupported_sop_class("C-FIND", sop_class), None
+        return
     ctx = ctx.for_event(event)
-    model = FIND_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     cancelled = CancelWatch(event)
     try:
         plan = build_find_plan(

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.events import Event
 
 from bridge.config import Config
 
@@ -116,14 +117,16 @@ class PeerGate:
         hosts = ", ".join(self._hosts[ae_title])
         return f"host mismatch: {ae_title} is configured at {hosts}, not {address}"
 
-    def on_requested(self, event: Any) -> None:
+    def on_requested(self, event: Event) -> None:
         """EVT_REQUESTED: refuse a listed AE title calling from another host.
 
         pynetdicom skips its own negotiation when this handler has sent an
         A-ASSOCIATE-RJ (``Association.run``): "calling AE title not recognised", the
         answer Orthanc's DicomCheckModalityHost gives."""
         assoc = event.assoc
-        calling_ae = str(assoc.requestor.primitive.calling_ae_title)
+        primitive = assoc.requestor.primitive
+        assert primitive is not None  # EVT_REQUESTED: the A-ASSOCIATE-RQ has arrived
+        calling_ae = str(primitive.calling_ae_title)
         reason = self.host_mismatch(calling_ae, assoc.requestor.address)
         if reason is None:
             return
@@ -137,7 +140,7 @@ class PeerGate:
         # As pynetdicom does after its own refusals: stop the DUL thread.
         assoc.kill()
 
-    def on_rejected(self, event: Any) -> None:
+    def on_rejected(self, event: Event) -> None:
         """EVT_REJECTED: one WARNING line saying who was refused and why."""
         assoc = event.assoc
         requestor = assoc.requestor

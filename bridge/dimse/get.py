@@ -12,16 +12,15 @@ does, without an identifier and with zero counters (see ``bridge.dimse.refusal``
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.events import Event
 
 from bridge.aio import Cancelled
-from bridge.dimse import sop
 from bridge.dimse.context import BridgeContext, CancelWatch
-from bridge.dimse.find import decode_identifier
+from bridge.dimse.find import decode_identifier, unsupported_sop_class
 from bridge.dimse.refusal import refusing
 from bridge.dimse.retrieve import (
     Tally,
@@ -51,18 +50,21 @@ from bridge.translate.status import (
 
 LOGGER = logging.getLogger(__name__)
 
-GET_MODELS = {
-    sop.PATIENT_ROOT_GET: InformationModel.PATIENT_ROOT,
-    sop.STUDY_ROOT_GET: InformationModel.STUDY_ROOT,
-    sop.COMPOSITE_INSTANCE_ROOT_GET: InformationModel.COMPOSITE_INSTANCE_ROOT,
-    sop.WITHOUT_BULK_DATA_GET: InformationModel.WITHOUT_BULK_DATA,
-}
 
-
-def handle_get(event: Any, ctx: BridgeContext) -> Iterator[Response]:
-    """pynetdicom EVT_C_GET handler."""
+def handle_get(
+    event: Event, ctx: BridgeContext, models: Mapping[str, InformationModel]
+) -> Iterator[Response]:
+    """pynetdicom EVT_C_GET handler; `models` maps each C-GET SOP class to its model."""
+    sop_class = event.request.AffectedSOPClassUID
+    model = models.get(str(sop_class))
+    if model is None:
+        LOGGER.warning("C-GET for SOP class %s, which has no model here", sop_class)
+        refusal = unsupported_sop_class("C-GET", sop_class)
+        with refusing(event.assoc, refusal):
+            yield 1
+            yield refusal, None
+        return
     ctx = ctx.for_event(event)
-    model = GET_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     peer = event.assoc.requestor.ae_title
     cancelled = CancelWatch(event)
     found = find_instances(event, ctx, model, cancelled, "C-GET")
@@ -91,7 +93,7 @@ def handle_get(event: Any, ctx: BridgeContext) -> Iterator[Response]:
 
 
 def _send_frames(
-    event: Any,
+    event: Event,
     ctx: BridgeContext,
     frames: tuple[int, ...],
     refs: list[InstanceRef],

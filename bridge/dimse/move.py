@@ -15,18 +15,21 @@ refusal's own status.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
 
 from pydicom import Dataset
 from pynetdicom import build_context, evt
+from pynetdicom.dimse_primitives import C_MOVE
+from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.dimse.find import unsupported_sop_class
 from bridge.dimse.refusal import refusing
 from bridge.dimse.retrieve import find_instances
 from bridge.dimse.suboperations import run_suboperations
@@ -44,11 +47,6 @@ from bridge.translate.syntax import (
 
 LOGGER = logging.getLogger(__name__)
 
-MOVE_MODELS = {
-    sop.PATIENT_ROOT_MOVE: InformationModel.PATIENT_ROOT,
-    sop.STUDY_ROOT_MOVE: InformationModel.STUDY_ROOT,
-    sop.COMPOSITE_INSTANCE_ROOT_MOVE: InformationModel.COMPOSITE_INSTANCE_ROOT,
-}
 _MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 
 
@@ -75,56 +73,48 @@ class _SubAssociation:
         self.assoc: Any = None
         self.opened = threading.Event()
 
-    def on_open(self, event: Any) -> None:
-        sock = event.assoc.dul.socket.socket
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # pynetdicom has already built the A-ASSOCIATE-RQ primitive by now: set both.
-        event.assoc.requestor.ae_title = self.calling_ae_title
-        event.assoc.requestor.primitive.calling_ae_title = self.calling_ae_title
+    def on_open(self, event: Event) -> None:
+        adapter.set_nodelay(event.assoc)
+        adapter.set_calling_ae_title(event.assoc, self.calling_ae_title)
         # Its reactor is held for the whole move, and its idle timer paused meanwhile.
         adapter.prepare(event.assoc)
         self.assoc = event.assoc
         self.opened.set()
 
 
-class _CommentOnRefusal:
+@contextlib.contextmanager
+def _comment_on_refusal(assoc: Any, comment: Callable[[], str]) -> Iterator[None]:
     """Adds an ErrorComment to the 0xA801 response pynetdicom sends by itself."""
 
-    def __init__(self, assoc: Any, comment: Callable[[], str]) -> None:
-        self.assoc = assoc
-        self.comment = comment
+    def add_comment(rsp: Any) -> bool:
+        if getattr(rsp, "Status", None) == MOVE_DESTINATION_UNKNOWN and not getattr(
+            rsp, "ErrorComment", None
+        ):
+            rsp.ErrorComment = comment()[:64]
+        return False
 
-    def __enter__(self) -> None:
-        dimse = self.assoc.dimse
-        original = dimse.send_msg
-
-        def send_msg(rsp: Any, context_id: int) -> None:
-            if getattr(rsp, "Status", None) == MOVE_DESTINATION_UNKNOWN and not getattr(
-                rsp, "ErrorComment", None
-            ):
-                rsp.ErrorComment = self.comment()[:64]
-            original(rsp, context_id)
-
-        dimse.send_msg = send_msg
-
-    def __exit__(self, *exc: object) -> None:
-        try:
-            del self.assoc.dimse.send_msg
-        except AttributeError:
-            pass
+    with adapter.editing_sent(assoc, add_comment):
+        yield
 
 
-def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
-    """pynetdicom EVT_C_MOVE handler."""
+def handle_move(
+    event: Event, ctx: BridgeContext, models: Mapping[str, InformationModel]
+) -> Iterator[Any]:
+    """pynetdicom EVT_C_MOVE handler; `models` maps each C-MOVE SOP class to its model."""
+    sop_class = event.request.AffectedSOPClassUID
+    model = models.get(str(sop_class))
+    if model is None:
+        LOGGER.warning("C-MOVE for SOP class %s, which has no model here", sop_class)
+        with refusing(event.assoc, unsupported_sop_class("C-MOVE", sop_class)):
+            yield None, None
+        return
     ctx = ctx.for_event(event)
-    model = MOVE_MODELS.get(event.request.AffectedSOPClassUID, InformationModel.STUDY_ROOT)
     requestor = event.assoc.requestor.ae_title
-    destination_ae = str(event.request.MoveDestination or "").strip()
+    destination_ae = str(cast(C_MOVE, event.request).MoveDestination or "").strip()
     peer = ctx.config.peer(destination_ae)
     if peer is None:
         LOGGER.warning("C-MOVE from %s: unknown destination %r", requestor, destination_ae)
-        with _CommentOnRefusal(event.assoc, lambda: f"move destination {destination_ae} unknown"):
+        with _comment_on_refusal(event.assoc, lambda: f"move destination {destination_ae} unknown"):
             yield None, None
         return
     # The identifier and the listing come before the destination is yielded: a refusal
@@ -144,7 +134,7 @@ def handle_move(event: Any, ctx: BridgeContext) -> Iterator[Any]:
         "evt_handlers": [(evt.EVT_CONN_OPEN, sub.on_open)],
         "contexts": move_contexts(refs) or [build_context(sop.VERIFICATION)],
     }
-    with _CommentOnRefusal(
+    with _comment_on_refusal(
         event.assoc,
         lambda: f"cannot associate with {destination_ae} at {peer.host}:{peer.port}",
     ):

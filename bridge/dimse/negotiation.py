@@ -25,7 +25,9 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Collection
-from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom.events import Event
 
 from bridge.translate.syntax import accept_order
 
@@ -33,7 +35,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 def prefer_requested_syntaxes(
-    event: Any, storage_classes: Collection[str], encodable: Collection[str]
+    event: Event, storage_classes: Collection[str], encodable: Collection[str]
 ) -> None:
     """pynetdicom ``EVT_REQUESTED`` handler: order the transfer syntaxes of each storage
     SOP class the requester will receive (SCP role proposed) as ``accept_order`` says
@@ -56,6 +58,9 @@ def prefer_requested_syntaxes(
         if sop_class in proposals:
             cx = copy.deepcopy(cx)
             supported = [str(ts) for ts in cx.transfer_syntax]
-            cx.transfer_syntax = accept_order(proposals[sop_class], supported, encodable)
+            ordered: list[str | bytes | UID] = [
+                *accept_order(proposals[sop_class], supported, encodable)
+            ]
+            cx.transfer_syntax = ordered
         contexts.append(cx)
     acceptor.supported_contexts = contexts

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom.events import Event
 
 from bridge.config import Peer
 from bridge.dimse import sop
@@ -49,10 +50,10 @@ def echo_peer(peer: Peer, calling_ae: str, timeout: float = ECHO_TIMEOUT_S) -> E
     ae.network_timeout = timeout
     seen: dict[str, Any] = {}
 
-    def on_open(event: Any) -> None:
+    def on_open(event: Event) -> None:
         seen["connected"] = True
 
-    def on_acse(event: Any) -> None:
+    def on_acse(event: Any) -> None:  # Event declares no `primitive` (an EVT_ACSE_RECV keyword)
         seen["primitive"] = event.primitive
 
     started = time.monotonic()

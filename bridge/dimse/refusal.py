@@ -19,10 +19,9 @@ response pynetdicom sends before associating, and the 0xA801 it builds becomes t
 refusal. pynetdicom's own "Unknown Move Destination" error line is left out of the log
 for that one response, since the destination is not unknown.
 
-pynetdicom has no hook for the final response, so :func:`refusing` wraps the
-association's ``dimse.send_msg`` for that one response: the only use of that internal
-for it, pinned by ``pynetdicom>=3.0.4,<3.1`` and by the integration tests with getscu,
-movescu and pynetdicom SCUs.
+pynetdicom has no hook for the final response, so :func:`refusing` edits that one
+response on its way out (``adapter.editing_sent``), pinned by ``pynetdicom>=3.0.4,<3.1``
+and by the integration tests with getscu, movescu and pynetdicom SCUs.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from typing import Any
 
 from pydicom import Dataset
 
+from bridge.dimse import adapter
 from bridge.translate.status import PENDING
 
 LOGGER = logging.getLogger(__name__)
@@ -56,40 +56,29 @@ def refusing(assoc: Any, status: Dataset) -> Iterator[None]:
 
     C-GET: yield the count (1), then ``(status, None)`` inside this block. C-MOVE: yield
     ``(None, None)`` inside it. pynetdicom sends that response at once and does not
-    resume the handler, so the wrapper undoes itself on that call.
+    resume the handler, so the edit is done with that response.
     """
-    dimse = assoc.dimse
-    had_own = "send_msg" in vars(dimse)  # already wrapped (move.py's _CommentOnRefusal)
-    previous = dimse.send_msg
     thread = threading.get_ident()
     pynetdicom_log = logging.getLogger(_PYNETDICOM_LOGGER)
 
     def not_unknown_destination(record: logging.LogRecord) -> bool:
         return record.thread != thread or not str(record.msg).startswith(_UNKNOWN_DESTINATION)
 
-    def restore() -> None:
+    def refuse(rsp: Any) -> bool:
+        if getattr(rsp, "Status", None) == PENDING:
+            return False
         pynetdicom_log.removeFilter(not_unknown_destination)
-        if had_own:
-            dimse.send_msg = previous
-        else:
-            with contextlib.suppress(AttributeError):
-                del dimse.send_msg
-
-    def send_msg(rsp: Any, context_id: int) -> None:
-        if getattr(rsp, "Status", None) != PENDING:
-            restore()
-            rsp.Status = int(status.Status)
-            rsp.ErrorComment = status.get("ErrorComment")
-            rsp.Identifier = None
-            rsp.NumberOfRemainingSuboperations = None
-            for counter in _COUNTERS:
-                setattr(rsp, counter, 0)
-        previous(rsp, context_id)
+        rsp.Status = int(status.Status)
+        rsp.ErrorComment = status.get("ErrorComment")
+        rsp.Identifier = None
+        rsp.NumberOfRemainingSuboperations = None
+        for counter in _COUNTERS:
+            setattr(rsp, counter, 0)
+        return True
 
     pynetdicom_log.addFilter(not_unknown_destination)
-    dimse.send_msg = send_msg
     try:
-        yield
+        with adapter.editing_sent(assoc, refuse):
+            yield
     finally:
-        if vars(dimse).get("send_msg") is send_msg:
-            restore()
+        pynetdicom_log.removeFilter(not_unknown_destination)

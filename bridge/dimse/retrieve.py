@@ -20,6 +20,7 @@ from typing import Any
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
+from pynetdicom.events import Event
 
 from bridge.aio import Cancelled
 from bridge.dicomweb.client import ANY_SYNTAX
@@ -97,7 +98,7 @@ def list_instances(
 
 
 def find_instances(
-    event: Any,
+    event: Event,
     ctx: BridgeContext,
     model: InformationModel,
     cancelled: Callable[[], bool],

@@ -1,4 +1,4 @@
-"""The DIMSE server: AE, presentation contexts, association policy, handlers, shutdown."""
+"""The DIMSE server: AE, presentation contexts, association policy, listeners, draining."""
 
 from __future__ import annotations
 
@@ -11,61 +11,49 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import (
-    AE,
-    ALL_TRANSFER_SYNTAXES,
-    AllStoragePresentationContexts,
-    _config,
-    evt,
-)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
-from bridge.aio import LoopThread
 from bridge.config import Config, TlsListenerConfig
-from bridge.dicomweb.auth import build_auth
-from bridge.dicomweb.breaker import State
-from bridge.dicomweb.client import DicomwebClient, make_client
-from bridge.dimse import adapter, sop
-from bridge.dimse.commitment import handle_action
+from bridge.dimse import adapter
 from bridge.dimse.context import BridgeContext
-from bridge.dimse.echo import handle_echo
-from bridge.dimse.find import handle_find
 from bridge.dimse.gate import PeerGate
-from bridge.dimse.get import handle_get
-from bridge.dimse.move import handle_move
 from bridge.dimse.negotiation import prefer_requested_syntaxes
-from bridge.dimse.store import handle_store
-from bridge.errors import BridgeError, ListenError
-from bridge.ops.http import OpsServer
-from bridge.ops.metrics import Metrics, dimse_event_handlers
+from bridge.dimse.observe import dimse_event_handlers
+from bridge.dimse.services import SERVICES, STORAGE_CLASSES, bindings
+from bridge.errors import ListenError
+from bridge.ops.metrics import Metrics
 from bridge.translate.transcode import local_encoders
 
 LOGGER = logging.getLogger(__name__)
 
-# pynetdicom's own logging prints identifiers (PHI) at INFO and formats every PDU: the
-# bridge logs what an operator needs itself.
-_config.LOG_HANDLER_LEVEL = "none"
-_config.LOG_REQUEST_IDENTIFIERS = False
-_config.LOG_RESPONSE_IDENTIFIERS = False
-# Incoming C-STORE data sets go to a temporary Part 10 file as they arrive, which the
-# STOW-RS upload streams from: never re-encoded, never whole in memory.
-_config.STORE_RECV_CHUNKED_DATASET = True
+
+def configure_pynetdicom() -> None:
+    """pynetdicom's process-wide settings the bridge serves with. Set when a DimseServer
+    is made, not on import: a process that only imports this module (the tests, with SCPs
+    of their own) keeps pynetdicom's defaults."""
+    # pynetdicom's own logging prints identifiers (PHI) at INFO and formats every PDU: the
+    # bridge logs what an operator needs itself.
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # Incoming C-STORE data sets go to a temporary Part 10 file as they arrive, which the
+    # STOW-RS upload streams from: never re-encoded, never whole in memory.
+    _config.STORE_RECV_CHUNKED_DATASET = True
 
 
-def _set_nodelay(event: Any) -> None:
-    # Nagle plus delayed ACKs makes a pynetdicom sender ~4x slower and erratic.
-    sock = event.assoc.dul.socket.socket
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def _set_nodelay(event: Event) -> None:
+    adapter.set_nodelay(event.assoc)
 
 
-def _prepare(event: Any) -> None:
+def _prepare(event: Event) -> None:
     # Before the reactor runs: the idle timer that ignores time spent serving, and the
     # reactor pause the storage-commitment report relies on (bridge/dimse/adapter.py).
     adapter.prepare(event.assoc)
 
 
-def _log_association(event: Any) -> None:
+def _log_association(event: Event) -> None:
     requestor = event.assoc.requestor
     LOGGER.info(
         "association from %s (%s:%s)", requestor.ae_title, requestor.address, requestor.port
@@ -94,110 +82,55 @@ def build_ae(config: Config) -> AE:
     if not dimse.accept_unknown_peers:
         # pynetdicom answers A-ASSOCIATE-RJ "calling AE title not recognised".
         ae.require_calling_aet = [peer.ae_title for peer in config.peers]
-    ae.add_supported_context(sop.VERIFICATION, ACCEPT_ORDER)
-    for sop_class in (
-        sop.PATIENT_ROOT_FIND,
-        sop.STUDY_ROOT_FIND,
-        sop.PATIENT_ROOT_GET,
-        sop.STUDY_ROOT_GET,
-        sop.COMPOSITE_INSTANCE_ROOT_GET,
-        sop.WITHOUT_BULK_DATA_GET,
-        sop.PATIENT_ROOT_MOVE,
-        sop.STUDY_ROOT_MOVE,
-        sop.COMPOSITE_INSTANCE_ROOT_MOVE,
-        sop.STORAGE_COMMITMENT_PUSH,
-    ):
-        ae.add_supported_context(sop_class, ACCEPT_ORDER)
-    # C-GET sends its sub-operations on the same association: accept the SCP role the
-    # retrieving peer proposes for every storage SOP class, in any transfer syntax.
-    for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(
-            str(cx.abstract_syntax), ACCEPT_ORDER, scu_role=True, scp_role=True
-        )
+    for service in SERVICES:  # bridge/dimse/services.py
+        if service.event is evt.EVT_C_STORE:
+            # C-GET sends its sub-operations on the same association: accept the SCP role
+            # the retrieving peer proposes for every storage SOP class, in any syntax.
+            ae.add_supported_context(
+                service.sop_class, ACCEPT_ORDER, scu_role=True, scp_role=True
+            )
+        else:
+            ae.add_supported_context(service.sop_class, ACCEPT_ORDER)
     return ae
 
 
-# Storage SOP classes: their contexts get the requester's syntax order (negotiation.py).
-STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+class DimseServer:
+    """The DIMSE listeners (plain, and DICOM TLS when enabled) of one AE, with its
+    association policy; ``stop()`` drains them. bridge/app.py builds what they serve with."""
 
-
-class Bridge:
-    """A running bridge: HTTP loop, DICOMweb clients and DIMSE listeners; stop() shuts down."""
-
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config) -> None:
+        configure_pynetdicom()
         self.config = config
-        self.metrics = metrics or Metrics()
-        self.loop = LoopThread()
         self.ae = build_ae(config)
-        self.servers: list[ThreadedAssociationServer] = []
-        self.clients: dict[str, DicomwebClient] = {}
-        self.context: BridgeContext | None = None
-        self.ops: OpsServer | None = None
-        self._stopping = threading.Event()
         self.gate = PeerGate(config)
-        # Built here, off the event loop: credentials discovery may block, and a broken
-        # auth setup must fail the start (ConfigError), not the first request.
-        self.auths = {"default": build_auth(config.dicomweb.auth)}
-        for backend in config.backends:
-            self.auths[backend.name] = build_auth(backend.dicomweb.auth)
+        self.servers: list[ThreadedAssociationServer] = []
+        self._force = threading.Event()
 
-    def start(self) -> None:
-        self.loop.start()
-        config = self.config
-        self.clients = self.loop.call(_make_clients(config, self.metrics, self.auths))
-        routes = {
-            backend.ae_title: (backend.name, self.clients[backend.name], backend.dicomweb)
-            for backend in config.backends
-        }
-        ctx = BridgeContext(
-            config=config,
-            loop=self.loop,
-            client=self.clients["default"],
-            dicomweb=config.dicomweb,
-            routes=routes,
-            metrics=self.metrics,
-        )
-        self.context = ctx
-        handlers: list[Any] = [
+    def start(self, ctx: BridgeContext, metrics: Metrics) -> None:
+        """Listen; the handlers get `ctx`. On ListenError the caller stops everything."""
+        handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_CONN_OPEN, _prepare),
             (evt.EVT_REQUESTED, prefer_requested_syntaxes, [STORAGE_CLASSES, local_encoders()]),
             (evt.EVT_ESTABLISHED, _log_association),
             *self.gate.handlers(),
-            (evt.EVT_C_ECHO, handle_echo, [ctx]),
-            (evt.EVT_C_FIND, handle_find, [ctx]),
-            (evt.EVT_C_GET, handle_get, [ctx]),
-            (evt.EVT_C_MOVE, handle_move, [ctx]),
-            (evt.EVT_C_STORE, handle_store, [ctx]),
-            (evt.EVT_N_ACTION, handle_action, [ctx]),
-            *dimse_event_handlers(self.metrics),
+            *bindings(ctx),
+            *dimse_event_handlers(metrics),
         ]
-        dimse = config.dimse
-        try:
-            self._listen(dimse.host, dimse.port, handlers, None)
-            if dimse.tls.enabled:
-                tls = dimse.tls
-                self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
-            if config.ops.address is not None:
-                self.ops = OpsServer(config.ops.address, self.metrics, self.ready)
-                try:
-                    self.ops.start()
-                except OSError as exc:
-                    raise ListenError(config.ops.listen, exc.strerror or str(exc)) from exc
-                LOGGER.info("operations listener on %s (/metrics /healthz /readyz)", self.ops.url)
-        except Exception:
-            self.stop()
-            raise
-        for backend in [("default", dimse.ae_title, config.dicomweb)] + [
-            (b.name, b.ae_title, b.dicomweb) for b in config.backends
-        ]:
-            LOGGER.info("called AE %s → backend %s: %s", backend[1], backend[0], backend[2].url)
+        dimse = self.config.dimse
+        self._listen(dimse.host, dimse.port, handlers, None)
+        if dimse.tls.enabled:
+            tls = dimse.tls
+            self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
+
+    def log_listening(self) -> None:
+        dimse = self.config.dimse
         LOGGER.info("listening as %s on %s:%d", dimse.ae_title, dimse.host, dimse.port)
         if dimse.tls.enabled:
             LOGGER.info("DICOM TLS listener on %s:%d", dimse.tls.host, dimse.tls.port)
 
     def _listen(
-        self, host: str, port: int, handlers: list[Any], context: ssl.SSLContext | None
+        self, host: str, port: int, handlers: list[EventHandlerType], context: ssl.SSLContext | None
     ) -> None:
         try:
             server = self.ae.start_server(
@@ -210,50 +143,30 @@ class Bridge:
             server.get_request = _deferred_handshake(server, context)  # type: ignore[method-assign]
         self.servers.append(server)
 
-    def ready(self) -> tuple[bool, str]:
-        """Readiness for /readyz: every backend answers its QIDO-RS probe."""
-        if self._stopping.is_set():
-            return False, "shutting down"
-        summaries = []
-        for name, client in self.clients.items():
-            try:
-                summaries.append(f"{name}: {self.loop.call(client.probe(), timeout=5.0)}")
-            except BridgeError as exc:
-                return False, f"{name}: {exc}"
-            except TimeoutError:
-                return False, f"{name}: DICOMweb probe timed out after 5 s"
-        return True, "; ".join(summaries)
-
     def active_associations(self) -> int:
         return sum(len(_working(server)) for server in self.servers)
 
+    def force(self) -> None:
+        """Stop waiting for running associations: ``stop()`` aborts them now."""
+        self._force.set()
+
     def stop(self) -> None:
-        """Stop accepting, let running associations finish (bounded), then free everything."""
-        self._stopping.set()
+        """Stop accepting, let running associations finish (bounded by
+        dimse.shutdown_timeout, or until ``force()``), then abort what is left."""
         for server in self.servers:
             server.shutdown()
         deadline = time.monotonic() + self.config.dimse.shutdown_timeout
-        while self.active_associations() and time.monotonic() < deadline:
+        while (
+            self.active_associations()
+            and time.monotonic() < deadline
+            and not self._force.is_set()
+        ):
             time.sleep(0.1)
         for server in self.servers:
             for assoc in _working(server):
                 LOGGER.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
                 assoc.abort()
         self.servers = []
-        self._close_http()
-        self.loop.stop()
-        # Last, so /healthz keeps answering while associations drain.
-        if self.ops is not None:
-            self.ops.stop()
-            self.ops = None
-
-    def _close_http(self) -> None:
-        clients, self.clients = self.clients, {}
-        for client in clients.values():
-            try:
-                self.loop.call(client.aclose(), timeout=5)
-            except Exception:  # shutting down: nothing left to tell
-                LOGGER.debug("closing an HTTP client failed", exc_info=True)
 
 
 def _deferred_handshake(
@@ -293,46 +206,3 @@ def _working(server: ThreadedAssociationServer) -> list[Any]:
         for assoc in server.active_associations
         if assoc.is_established or assoc.dul.is_alive()
     ]
-
-
-async def _make_clients(
-    config: Config, metrics: Metrics, auths: dict[str, Any]
-) -> dict[str, DicomwebClient]:
-    # Created on the loop thread: each client's connection pool belongs to that loop.
-    observer = metrics.http_request
-
-    def on_breaker(backend: str, state: State) -> None:
-        metrics.circuit_state(backend, state.value)
-
-    clients = {
-        "default": make_client(
-            config.dicomweb,
-            backend="default",
-            observer=observer,
-            auth=auths["default"],
-            fast_http=config.retrieve.fast_http,
-            breaker_listener=on_breaker,
-        )
-    }
-    for backend in config.backends:
-        clients[backend.name] = make_client(
-            backend.dicomweb,
-            backend=backend.name,
-            observer=observer,
-            auth=auths[backend.name],
-            fast_http=config.retrieve.fast_http,
-            breaker_listener=on_breaker,
-        )
-    return clients
-
-
-def serve_until(bridge: Bridge, stop: threading.Event) -> None:
-    """Run `bridge` until `stop` is set (by a signal handler), then shut it down."""
-    bridge.start()
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        LOGGER.info("shutting down: %d association(s) running", bridge.active_associations())
-        bridge.stop()
-        LOGGER.info("stopped")

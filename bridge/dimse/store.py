@@ -10,9 +10,11 @@ instance as stored.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import cast
 
 from pydicom import Dataset
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
 
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
@@ -26,11 +28,11 @@ from bridge.translate.status import (
 LOGGER = logging.getLogger(__name__)
 
 
-def handle_store(event: Any, ctx: BridgeContext) -> Dataset:
+def handle_store(event: Event, ctx: BridgeContext) -> Dataset:
     """pynetdicom EVT_C_STORE handler."""
     ctx = ctx.for_event(event)
     peer = event.assoc.requestor.ae_title
-    sop_instance_uid = str(event.request.AffectedSOPInstanceUID)
+    sop_instance_uid = str(cast(C_STORE, event.request).AffectedSOPInstanceUID)
     try:
         path = event.dataset_path
         size = path.stat().st_size

@@ -57,19 +57,23 @@ class StoreOutcomes:
     """Records the status of each C-STORE sub-operation pynetdicom sends for a C-GET or C-MOVE.
 
     pynetdicom offers no hook for sub-operation results, so the association's
-    ``send_c_store`` is wrapped for the duration of one retrieve.
+    ``send_c_store`` is replaced for the duration of one retrieve
+    (``adapter.replacing_send_c_store``).
     """
 
     def __init__(self, assoc: Any) -> None:
         self.assoc = assoc
+        self._stack = contextlib.ExitStack()
         self.last: int | None = None
         # A C-STORE went out and no response came back (timeout, abort): pynetdicom clears
         # is_established a moment later, so this is the first sign the peer is gone.
         self.no_response = False
 
     def __enter__(self) -> StoreOutcomes:
-        original: Callable[..., Any] = self.assoc.send_c_store
+        self._stack.enter_context(adapter.replacing_send_c_store(self.assoc, self._wrap))
+        return self
 
+    def _wrap(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Any:
             self.last = None
             if isinstance(dataset, FailedSubOp):
@@ -93,12 +97,10 @@ class StoreOutcomes:
                 return status_dataset(UNABLE_TO_PROCESS, "no C-STORE response")
             return rsp
 
-        self.assoc.send_c_store = send_c_store
-        return self
+        return send_c_store
 
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(AttributeError):
-            del self.assoc.send_c_store
+        self._stack.close()
 
 
 class FinalComment:
@@ -106,37 +108,34 @@ class FinalComment:
 
     Once every sub-operation has a result, pynetdicom ignores the handler's final yield and
     builds the final response itself (``_get_scp``/``_move_scp``: "yielded further
-    results but these will be ignored"), without an ErrorComment. Its one way out is the
-    association's ``dimse.send_msg``, wrapped here for the duration of one retrieve: a
-    non-pending response without an ErrorComment gets ``comment``.
+    results but these will be ignored"), without an ErrorComment. For the duration of one
+    retrieve, a non-pending response without an ErrorComment gets ``comment``
+    (``adapter.editing_sent``).
     """
 
     def __init__(self, assoc: Any) -> None:
         self.assoc = assoc
+        self._stack = contextlib.ExitStack()
         self.comment: str | None = None
 
     def __enter__(self) -> FinalComment:
-        dimse = self.assoc.dimse
-        original: Callable[[Any, int], None] = dimse.send_msg
-
-        def send_msg(rsp: Any, context_id: int) -> None:
-            status = getattr(rsp, "Status", None)
-            if (
-                self.comment
-                and status is not None
-                and status != PENDING
-                and hasattr(rsp, "ErrorComment")
-                and not rsp.ErrorComment
-            ):
-                rsp.ErrorComment = status_dataset(int(status), self.comment).ErrorComment
-            original(rsp, context_id)
-
-        dimse.send_msg = send_msg
+        self._stack.enter_context(adapter.editing_sent(self.assoc, self._comment))
         return self
 
+    def _comment(self, rsp: Any) -> bool:
+        status = getattr(rsp, "Status", None)
+        if (
+            self.comment
+            and status is not None
+            and status != PENDING
+            and hasattr(rsp, "ErrorComment")
+            and not rsp.ErrorComment
+        ):
+            rsp.ErrorComment = status_dataset(int(status), self.comment).ErrorComment
+        return False  # every final response of the retrieve, for as long as it runs
+
     def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(AttributeError):
-            del self.assoc.dimse.send_msg
+        self._stack.close()
 
 
 def run_suboperations(

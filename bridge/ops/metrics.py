@@ -1,4 +1,4 @@
-"""Prometheus metrics of the bridge, and the pynetdicom event hooks that feed most of them.
+"""Prometheus metrics of the bridge: plain recording methods, and the exposition.
 
 ``Metrics`` owns its own ``CollectorRegistry``: nothing is registered in prometheus_client's
 global registry, so tests (and a process embedding several bridges) can create as many as
@@ -9,18 +9,15 @@ Label values are kept to small closed sets (service names, status codes, outcome
 no AE titles, hosts, UIDs or URLs, which would make the series count unbounded and could
 carry patient data.
 
-``dimse_event_handlers`` observes associations and DIMSE messages on the wire, so that
-association counts, DIMSE statuses, sub-operation counts and C-CANCELs are recorded
-without touching the service handlers. HTTP requests are reported by the DICOMweb client
-itself (its ``observer``, bound to ``Metrics.http_request``), which already classifies
-their outcomes.
+The DIMSE side feeds it from pynetdicom's events (bridge/dimse/observe.py), so this
+module, and the /metrics listener, need only prometheus-client. HTTP requests are
+reported by the DICOMweb client itself (its ``observer``, bound to
+``Metrics.http_request``), which already classifies their outcomes.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
-from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,7 +28,6 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from pynetdicom import evt
 
 from bridge import __version__
 
@@ -50,7 +46,6 @@ HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 _WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116})
 _SUCCESS = 0x0000
 _CANCEL = 0xFE00
-_PENDING = frozenset({0xFF00, 0xFF01})
 
 
 def status_category(status: int) -> str:
@@ -230,134 +225,3 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE
-
-
-# --- pynetdicom event hooks -----------------------------------------------------------
-
-# DIMSE Command Field values (PS3.7 E.1): responses have bit 15 set.
-_RESPONSE_SERVICES = {
-    0x8001: "C-STORE",
-    0x8010: "C-GET",
-    0x8020: "C-FIND",
-    0x8021: "C-MOVE",
-    0x8030: "C-ECHO",
-    0x8100: "N-EVENT-REPORT",
-    0x8110: "N-GET",
-    0x8120: "N-SET",
-    0x8130: "N-ACTION",
-    0x8140: "N-CREATE",
-    0x8150: "N-DELETE",
-}
-_CANCELLABLE_REQUESTS = {0x0010: "C-GET", 0x0020: "C-FIND", 0x0021: "C-MOVE"}
-_C_CANCEL_RQ = 0x0FFF
-_SUBOP_SERVICES = frozenset({"C-GET", "C-MOVE"})
-
-
-class DimseObserver:
-    """pynetdicom notification handlers that record association and DIMSE metrics.
-
-    Bound with the server (``start_server(evt_handlers=...)``), they see the associations
-    peers open with the bridge, not the bridge's own outgoing ones (C-MOVE and storage
-    commitment sub-associations get only the handlers passed to ``associate``).
-    """
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self._lock = threading.Lock()
-        # Associations counted as open. An association ends with EVT_RELEASED or
-        # EVT_ABORTED, and its connection with EVT_CONN_CLOSE; a dropped thread may fire
-        # only some of them, so the first one closes and the others find nothing.
-        self._open: weakref.WeakSet[Any] = weakref.WeakSet()
-        # The last C-FIND/C-GET/C-MOVE request per association: pynetdicom serves one
-        # request at a time per association, so that is what a C-CANCEL refers to.
-        self._last_request: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
-
-    def handlers(self) -> list[evt.EventHandlerType]:
-        return [
-            (evt.EVT_ESTABLISHED, self.on_established),
-            (evt.EVT_REJECTED, self.on_rejected),
-            (evt.EVT_RELEASED, self.on_ended),
-            (evt.EVT_ABORTED, self.on_ended),
-            (evt.EVT_CONN_CLOSE, self.on_ended),
-            (evt.EVT_DIMSE_SENT, self.on_dimse_sent),
-            (evt.EVT_DIMSE_RECV, self.on_dimse_recv),
-        ]
-
-    def on_established(self, event: Any) -> None:
-        with self._lock:
-            if event.assoc in self._open:
-                return
-            self._open.add(event.assoc)
-        self.metrics.association_opened()
-
-    def on_ended(self, event: Any) -> None:
-        with self._lock:
-            if event.assoc not in self._open:
-                return
-            self._open.discard(event.assoc)
-        self.metrics.association_closed()
-
-    def on_rejected(self, event: Any) -> None:
-        self.metrics.association_rejected(rejection_reason(event.assoc))
-
-    def on_dimse_sent(self, event: Any) -> None:
-        command = event.message.command_set
-        service = _RESPONSE_SERVICES.get(int(command.get("CommandField", 0) or 0))
-        if service is None:
-            return  # a request we send (C-STORE sub-operation, N-EVENT-REPORT)
-        status = command.get("Status")
-        if status is None or int(status) in _PENDING:
-            return
-        self.metrics.dimse_request(service, int(status))
-        if service in _SUBOP_SERVICES:
-            self.metrics.suboperations(
-                service,
-                _count(command, "NumberOfCompletedSuboperations"),
-                _count(command, "NumberOfWarningSuboperations"),
-                _count(command, "NumberOfFailedSuboperations"),
-            )
-
-    def on_dimse_recv(self, event: Any) -> None:
-        command = event.message.command_set
-        field = int(command.get("CommandField", 0) or 0)
-        if field in _CANCELLABLE_REQUESTS:
-            with self._lock:
-                self._last_request[event.assoc] = _CANCELLABLE_REQUESTS[field]
-        elif field == _C_CANCEL_RQ:
-            with self._lock:
-                service = self._last_request.get(event.assoc, "unknown")
-            self.metrics.cancelled(service)
-
-
-def _count(command: Any, keyword: str) -> int:
-    value = command.get(keyword)
-    return int(value) if value is not None else 0
-
-
-def rejection_reason(assoc: Any) -> str:
-    """Why pynetdicom rejected `assoc`: it does not say, so its checks are redone.
-
-    The order follows pynetdicom's ``_negotiate_as_acceptor``, where a later check
-    overrides an earlier one: the association limit wins, then the called and the
-    calling AE title. Best effort: a label, never an exception.
-    """
-    try:
-        ae = assoc.ae
-        acceptors = [a for a in ae.active_associations if a.is_acceptor]
-        if len(acceptors) > ae.maximum_associations:
-            return "too_many_associations"
-        called = str(assoc.requestor.primitive.called_ae_title).strip()
-        if ae.require_called_aet and called != str(assoc.acceptor.ae_title).strip():
-            return "called_ae_not_recognized"
-        allowed = [str(t).strip() for t in ae.require_calling_aet]
-        if allowed and str(assoc.requestor.ae_title).strip() not in allowed:
-            return "calling_ae_not_recognized"
-    except Exception:
-        return "other"
-    return "other"
-
-
-def dimse_event_handlers(metrics: Metrics) -> list[evt.EventHandlerType]:
-    """The pynetdicom ``evt_handlers`` entries that feed `metrics` from the wire: append
-    them to the list given to ``AE.start_server``."""
-    return DimseObserver(metrics).handlers()

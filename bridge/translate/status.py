@@ -49,6 +49,7 @@ NO_SUCH_ACTION = 0x0123
 OUT_OF_RESOURCES = 0xA700
 IDENTIFIER_MISMATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.1: a SOP class the service has no model for
 # The bridge's own codes inside the 0xC000-0xCFFF "unable to process" range, so an
 # integrator can tell the causes apart without reading ErrorComment.
 DICOMWEB_REJECTED = 0xC001  # the DICOMweb server refused the request (HTTP 4xx)

@@ -152,6 +152,40 @@ def test_sigterm_lets_the_running_association_finish(
     assert log.rstrip().endswith("stopped"), log
 
 
+def test_second_sigint_aborts_the_running_association_and_exits(
+    bridge_process: Callable[..., BridgeProcess], orthanc: OrthancFixture
+) -> None:
+    # A drain that would last a minute: only the second SIGINT can end it early.
+    bridge = bridge_process(
+        bridge_config(
+            orthanc.dicomweb_url, free_port(), shutdown_timeout=60, network_timeout=120
+        )
+    )
+    ae = AE(ae_title="PYNETDICOM")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", bridge.port, ae_title=bridge.ae_title)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        bridge.send_signal(signal.SIGINT)
+        wait_for_log(bridge, "shutting down: 1 association(s) running")
+        assert bridge.running, "the first SIGINT must wait for the association"
+        bridge.send_signal(signal.SIGINT)
+        assert bridge.wait(timeout=10) == 0, bridge.log_tail()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    log = bridge.log_text()
+    assert "received SIGINT again: aborting running associations" in log
+    assert "aborting association with PYNETDICOM at shutdown" in log
+    assert log.rstrip().endswith("stopped"), log
+    assert "Traceback" not in log
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert assoc.is_aborted
+
+
 # --------------------------------------------------------------------------- config sources
 
 

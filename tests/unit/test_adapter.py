@@ -6,6 +6,7 @@ the idle timer or the DIMSE queue, these fail first.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -170,3 +171,41 @@ def test_pausing_an_ended_association_yields_false(scp_factory: Callable[..., Sc
     assoc.release()
     with adapter.reactor_paused(assoc, timeout=1.0) as held:
         assert not held
+
+
+def test_edits_of_sent_messages_nest_and_undo_themselves(
+    scp_factory: Callable[..., Scp],
+) -> None:
+    # The handler leaves both edits active: pynetdicom sends the C-ECHO-RSP after it
+    # returns, as it sends the C-GET/C-MOVE responses the bridge edits.
+    stack = contextlib.ExitStack()
+    acceptors: list[Any] = []
+
+    def comment(rsp: Any) -> bool:
+        rsp.ErrorComment = "outer"
+        return False  # for as long as it is active
+
+    def refuse_once(rsp: Any) -> bool:
+        rsp.Status = 0x0122
+        rsp.ErrorComment = "inner"
+        return True  # done after this one
+
+    def on_echo(event: Any) -> int:
+        if not acceptors:
+            acceptors.append(event.assoc)
+            stack.enter_context(adapter.editing_sent(event.assoc, comment))
+            stack.enter_context(adapter.editing_sent(event.assoc, refuse_once))
+        return SUCCESS
+
+    assoc = scp_factory(on_echo).associate()
+    try:
+        first = assoc.send_c_echo(msg_id=1)
+        assert (first.Status, first.ErrorComment) == (0x0122, "outer")  # inner, then outer
+        second = assoc.send_c_echo(msg_id=2)
+        assert (second.Status, second.ErrorComment) == (SUCCESS, "outer")
+        stack.close()
+        assert "send_msg" not in vars(acceptors[0].dimse)  # pynetdicom's own method again
+        third = assoc.send_c_echo(msg_id=3)
+        assert third.Status == SUCCESS and "ErrorComment" not in third
+    finally:
+        assoc.release()

@@ -65,15 +65,7 @@ def package_modules(package: str) -> list[str]:
     [
         ("bridge.translate", {"httpx", "httpcore", "pynetdicom"}),
         ("bridge.dicomweb", {"pynetdicom"}),
-        pytest.param(
-            "bridge.ops",
-            {"httpx", "httpcore", "pynetdicom"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="bridge/ops/metrics.py imports pynetdicom.evt for its DimseObserver; "
-                "issue 10 item 3 moves the observer to bridge/dimse/",
-            ),
-        ),
+        ("bridge.ops", {"httpx", "httpcore", "pynetdicom"}),
     ],
 )
 def test_package_stays_inside_its_boundary(package: str, forbidden: set[str]) -> None:

@@ -12,27 +12,32 @@ import time
 import warnings
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom import Dataset
 from pynetdicom import AE, evt
+from pynetdicom.events import Event
 
 from bridge.config import parse_listen
+from bridge.dimse.observe import DimseObserver, dimse_event_handlers
 from bridge.dimse.sop import STUDY_ROOT_FIND, VERIFICATION
 from bridge.ops.http import CachedProbe, OpsServer
 from bridge.ops.logs import TEXT_FORMAT, JsonFormatter, Progress, setup_logging
 from bridge.ops.metrics import (
     CONTENT_TYPE,
-    DimseObserver,
     Metrics,
-    dimse_event_handlers,
     status_category,
     status_label,
 )
 
 # --- metrics ------------------------------------------------------------------------------
+
+def _event(**fields: Any) -> Event:
+    """A stand-in for a pynetdicom event: the observer reads only these attributes."""
+    return cast(Event, SimpleNamespace(**fields))
+
 
 
 def _value(metrics: Metrics, name: str, **labels: str) -> float:
@@ -237,11 +242,11 @@ def test_observer_counts_final_responses_only() -> None:
     obs = DimseObserver(m)
     assoc = _Assoc()
     sent = obs.on_dimse_sent
-    sent(SimpleNamespace(assoc=assoc, message=_message(CommandField=0x8020, Status=0xFF00)))
-    sent(SimpleNamespace(assoc=assoc, message=_message(CommandField=0x8020, Status=0x0000)))
-    sent(SimpleNamespace(assoc=assoc, message=_message(CommandField=0x0001)))  # a C-STORE-RQ
+    sent(_event(assoc=assoc, message=_message(CommandField=0x8020, Status=0xFF00)))
+    sent(_event(assoc=assoc, message=_message(CommandField=0x8020, Status=0x0000)))
+    sent(_event(assoc=assoc, message=_message(CommandField=0x0001)))  # a C-STORE-RQ
     sent(
-        SimpleNamespace(
+        _event(
             assoc=assoc,
             message=_message(
                 CommandField=0x8010,
@@ -266,11 +271,11 @@ def test_observer_attributes_c_cancel_to_the_running_request() -> None:
     m = Metrics()
     obs = DimseObserver(m)
     a, b = _Assoc(), _Assoc()
-    obs.on_dimse_recv(SimpleNamespace(assoc=a, message=_message(CommandField=0x0010)))
-    obs.on_dimse_recv(SimpleNamespace(assoc=b, message=_message(CommandField=0x0020)))
-    obs.on_dimse_recv(SimpleNamespace(assoc=a, message=_message(CommandField=0x0FFF)))
-    obs.on_dimse_recv(SimpleNamespace(assoc=b, message=_message(CommandField=0x0FFF)))
-    obs.on_dimse_recv(SimpleNamespace(assoc=_Assoc(), message=_message(CommandField=0x0FFF)))
+    obs.on_dimse_recv(_event(assoc=a, message=_message(CommandField=0x0010)))
+    obs.on_dimse_recv(_event(assoc=b, message=_message(CommandField=0x0020)))
+    obs.on_dimse_recv(_event(assoc=a, message=_message(CommandField=0x0FFF)))
+    obs.on_dimse_recv(_event(assoc=b, message=_message(CommandField=0x0FFF)))
+    obs.on_dimse_recv(_event(assoc=_Assoc(), message=_message(CommandField=0x0FFF)))
     assert _value(m, "dimse_bridge_cancels_total", service="C-GET") == 1
     assert _value(m, "dimse_bridge_cancels_total", service="C-FIND") == 1
     assert _value(m, "dimse_bridge_cancels_total", service="unknown") == 1
@@ -280,11 +285,11 @@ def test_observer_closes_each_association_once() -> None:
     m = Metrics()
     obs = DimseObserver(m)
     assoc = _Assoc()
-    event = SimpleNamespace(assoc=assoc)
+    event = _event(assoc=assoc)
     obs.on_established(event)
     obs.on_ended(event)  # EVT_RELEASED
     obs.on_ended(event)  # then EVT_CONN_CLOSE
-    obs.on_ended(SimpleNamespace(assoc=_Assoc()))  # a connection never established
+    obs.on_ended(_event(assoc=_Assoc()))  # a connection never established
     assert _value(m, "dimse_bridge_associations_active") == 0
     assert _value(m, "dimse_bridge_associations_total", outcome="accepted") == 1
 
