@@ -30,6 +30,7 @@ from prometheus_client import (
 )
 
 from bridge import __version__
+from bridge.translate.status import category as status_category
 
 # The classic Prometheus text format. prometheus_client's CONTENT_TYPE_LATEST moved to
 # "version=1.0.0" in recent releases, which older scrapers do not know; our metric and
@@ -40,24 +41,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # multi-frame instance or a STOW-RS upload can take most of dicomweb.timeout (30 s by
 # default) or longer when the body streams slowly, hence buckets up to two minutes.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-
-# Warnings outside 0xB000-0xBFFF (PS3.7 C.4): 0x0001 optional keys not supported (C-FIND),
-# 0x0107 attribute list error and 0x0116 attribute value out of range (DIMSE-N).
-_WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116})
-_SUCCESS = 0x0000
-_CANCEL = 0xFE00
-
-
-def status_category(status: int) -> str:
-    """success, warning, failure or cancel: the class of a final DIMSE status (PS3.7 C)."""
-    if status == _SUCCESS:
-        return "success"
-    if status == _CANCEL:
-        return "cancel"
-    if 0xB000 <= status <= 0xBFFF or status in _WARNING_STATUSES:
-        return "warning"
-    return "failure"
-
 
 def status_label(status: int) -> str:
     """The status as the label value ``0x0000``: the notation of PS3.7 and the README."""

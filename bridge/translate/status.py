@@ -127,7 +127,6 @@ def internal_error(exc: BaseException) -> Dataset:
 STORE_COERCION = 0xB000
 STORE_ELEMENTS_DISCARDED = 0xB006
 STORE_MISMATCH_WARNING = 0xB007
-STORE_SOP_CLASS_NOT_SUPPORTED = 0x0122
 DUPLICATE_SOP_INSTANCE = 0x0111
 _STORE_WARNING_CODES = frozenset({STORE_COERCION, STORE_ELEMENTS_DISCARDED, STORE_MISMATCH_WARNING})
 # What a peer's C-STORE response may say while still having stored the instance (a
@@ -183,9 +182,9 @@ def store_status(result: StowResult) -> Dataset:
             IDENTIFIER_MISMATCH,
             f"server says the data set does not match its SOP class{reason_text}",
         )
-    if reason == STORE_SOP_CLASS_NOT_SUPPORTED:
+    if reason == SOP_CLASS_NOT_SUPPORTED:
         return status_dataset(
-            STORE_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported by the server"
+            SOP_CLASS_NOT_SUPPORTED, "SOP class not supported by the server"
         )
     if (reason is not None and reason & 0xFF00 == OUT_OF_RESOURCES) or result.busy:
         return status_dataset(

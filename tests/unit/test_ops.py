@@ -28,9 +28,9 @@ from bridge.ops.logs import TEXT_FORMAT, JsonFormatter, Progress, setup_logging
 from bridge.ops.metrics import (
     CONTENT_TYPE,
     Metrics,
-    status_category,
     status_label,
 )
+from bridge.translate.status import category as status_category
 
 # --- metrics ------------------------------------------------------------------------------
 
