@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from bridge.aio import LoopThread
 from bridge.config import Backend, Config
 from bridge.dicomweb.auth import build_auth
 from bridge.dicomweb.breaker import State
@@ -23,6 +22,7 @@ from bridge.dicomweb.client import DicomwebClient, make_client
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.server import DimseServer
 from bridge.errors import BridgeError, ListenError
+from bridge.loop_thread import LoopThread
 from bridge.ops.http import OpsServer
 from bridge.ops.metrics import Metrics
 

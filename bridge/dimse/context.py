@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, replace
 
 from pynetdicom.events import Event
 
-from bridge.aio import LoopThread
 from bridge.config import Config, DicomwebConfig
 from bridge.dicomweb.client import DicomwebClient
+from bridge.loop_thread import LoopThread
 from bridge.models import QidoPage, QidoQuery
 from bridge.ops.metrics import Metrics
 

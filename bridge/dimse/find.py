@@ -9,7 +9,6 @@ from pydicom import Dataset
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
-from bridge.aio import Cancelled
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.errors import (
     BridgeError,
@@ -17,6 +16,7 @@ from bridge.errors import (
     DicomwebProtocolError,
     InvalidIdentifier,
 )
+from bridge.loop_thread import Cancelled
 from bridge.models import InformationModel, QueryLevel
 from bridge.translate.query import (
     FindPlan,

@@ -18,22 +18,19 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.events import Event
 
-from bridge.aio import Cancelled
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.find import decode_identifier, unsupported_sop_class
 from bridge.dimse.refusal import refusing
-from bridge.dimse.retrieve import (
-    Tally,
-    failed_list,
-    find_instances,
-)
-from bridge.dimse.suboperations import (
+from bridge.dimse.retrieval.listing import find_instances
+from bridge.dimse.retrieval.send import (
     FinalComment,
     Response,
     StoreOutcomes,
     run_suboperations,
 )
+from bridge.dimse.retrieval.tally import Tally, failed_list
 from bridge.errors import BridgeError
+from bridge.loop_thread import Cancelled
 from bridge.models import InformationModel, InstanceRef
 from bridge.translate.frames import FrameError, check_frames, frame_instance, strip_bulk_data
 from bridge.translate.query import json_to_dataset

@@ -31,8 +31,8 @@ from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.find import unsupported_sop_class
 from bridge.dimse.refusal import refusing
-from bridge.dimse.retrieve import find_instances
-from bridge.dimse.suboperations import run_suboperations
+from bridge.dimse.retrieval.listing import find_instances
+from bridge.dimse.retrieval.send import run_suboperations
 from bridge.models import InformationModel, InstanceRef
 from bridge.translate.status import (
     INVALID_FRAME_REQUEST,

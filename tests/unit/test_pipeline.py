@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.aio import Cancelled, LoopThread
-from bridge.pipeline import Prefetcher, PrefetchHandle
+from bridge.dimse.retrieval.fetchahead import Prefetcher, PrefetchHandle
+from bridge.loop_thread import Cancelled, LoopThread
 
 
 @pytest.fixture

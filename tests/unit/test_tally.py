@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.dimse.retrieve import Tally
+from bridge.dimse.retrieval.tally import Tally
 from bridge.models import InstanceRef
 from bridge.translate.status import OUT_OF_RESOURCES_SUBOPS, SUCCESS, WARNING_SUBOPS
 

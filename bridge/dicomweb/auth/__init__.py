@@ -20,7 +20,7 @@ libraries (``pip install 'dimse-bridge[google]'`` / ``'dimse-bridge[aws]'``); th
 imported when such an auth is built, and their absence is a ConfigError naming the extra.
 
 Every client of the bridge is an ``httpx.AsyncClient`` on one event loop
-(``bridge/aio.py``), so the types that do I/O or lock implement ``async_auth_flow`` only,
+(``bridge/loop_thread.py``), so the types that do I/O or lock implement ``async_auth_flow`` only,
 without blocking the loop; on a synchronous ``httpx.Client`` they raise TypeError rather
 than send a request without credentials. Basic and Bearer work with either.
 """

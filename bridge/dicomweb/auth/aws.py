@@ -30,7 +30,7 @@ class AwsSigV4Auth(AsyncOnlyAuth):
     temporary credentials) and content-type; not the hop-by-hop or client-chosen ones
     (connection, accept-encoding, user-agent) that proxies may rewrite.
 
-    Payload: a body in memory is hashed. A streamed body (STOW-RS from disk) is not read
+    WadoAnswer: a body in memory is hashed. A streamed body (STOW-RS from disk) is not read
     into memory to be hashed when the URL is https: ``x-amz-content-sha256:
     UNSIGNED-PAYLOAD`` is signed instead and TLS protects the body. Over plain http the
     body is buffered and hashed, as botocore does: nothing else would protect it.

@@ -23,7 +23,7 @@ class TokenEndpointError(DicomwebHTTPError):
 
 class AsyncOnlyAuth(httpx.Auth):
     """An ``httpx.Auth`` whose flow awaits (asyncio locks, worker threads): every client
-    of the bridge is an ``httpx.AsyncClient`` (``bridge/aio.py``), so only
+    of the bridge is an ``httpx.AsyncClient`` (``bridge/loop_thread.py``), so only
     ``async_auth_flow`` is implemented.
 
     httpx's default ``sync_auth_flow`` would run the base ``auth_flow`` and send the

@@ -19,11 +19,12 @@ from typing import Any
 
 from pydicom import Dataset
 
-from bridge.aio import Cancelled
 from bridge.dimse import adapter
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.fastsend import EncodedInstance, send_encoded
-from bridge.dimse.retrieve import InstanceSource, Tally, accepted_syntaxes, failed_list
+from bridge.dimse.retrieval.instances import InstanceSource, accepted_syntaxes
+from bridge.dimse.retrieval.tally import Tally, failed_list
+from bridge.loop_thread import Cancelled
 from bridge.models import InstanceRef
 from bridge.ops.logs import Progress
 from bridge.translate.status import (

@@ -46,6 +46,9 @@ class LoopThread:
         if self._started and self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout)
+        if not self._thread.is_alive() and not self.loop.is_closed():
+            # Frees the loop's selector and self-pipe (a ResourceWarning otherwise).
+            self.loop.close()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)

@@ -15,7 +15,7 @@ import concurrent.futures
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from bridge.aio import Cancelled, LoopThread, wait
+from bridge.loop_thread import Cancelled, LoopThread, wait
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -142,7 +142,7 @@ class PrefetchHandle(Generic[T, R]):
         self.cancel()
 
     def take(self, index: int, is_cancelled: Callable[[], bool]) -> Fetched[R]:
-        """Wait for item `index`; raises aio.Cancelled (after cancelling all) when asked to."""
+        """Wait for item `index`; raises loop_thread.Cancelled (after cancelling all) when asked to."""
         future = asyncio.run_coroutine_threadsafe(self._prefetcher.result(index), self._loop.loop)
         try:
             return Fetched(wait(future, is_cancelled), None)

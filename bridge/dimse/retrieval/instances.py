@@ -1,59 +1,34 @@
-"""The retrieve pipeline shared by C-GET and C-MOVE.
+"""Each matching instance fetched ahead with WADO-RS and brought into a transfer syntax the
+receiving peer accepted (``bridge.translate.syntax``): a ``SubOperation`` ready to send, or
+why it cannot be sent. Closing the source cancels every fetch in flight."""
 
-QIDO-RS lists the matching instances (the count), WADO-RS fetches them ahead of the
-C-STORE sub-operations (bounded concurrency and bytes, see ``bridge.pipeline``), and each
-fetched instance is brought into a transfer syntax the receiving peer accepted
-(``bridge.translate.syntax``). Cancel — a C-CANCEL, or the association going away —
-cancels every in-flight request at once and starts no new one.
-"""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import Counter
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian
-from pynetdicom.events import Event
 
-from bridge.aio import Cancelled
 from bridge.dicomweb.client import ANY_SYNTAX
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.fastsend import EncodedInstance, Part10Error
-from bridge.dimse.find import decode_identifier
+from bridge.dimse.retrieval.fetchahead import Prefetcher, PrefetchHandle
 from bridge.errors import (
     BridgeError,
     DicomwebCircuitOpen,
     DicomwebError,
-    DicomwebProtocolError,
-    InvalidIdentifier,
 )
-from bridge.models import InformationModel, InstanceRef
-from bridge.pipeline import Prefetcher, PrefetchHandle
-from bridge.translate.frames import FrameError, metadata_dataset
-from bridge.translate.retrieve import (
-    RetrievePlan,
-    build_retrieve_plan,
-    instance_ref,
-    sort_instances,
-)
+from bridge.loop_thread import Cancelled
+from bridge.models import InstanceRef
+from bridge.translate.frames import metadata_dataset
 from bridge.translate.status import (
-    CANCEL,
-    IDENTIFIER_MISMATCH,
-    OUT_OF_RESOURCES_MATCHES,
-    OUT_OF_RESOURCES_SUBOPS,
-    STORE_RESPONSE_WARNINGS,
-    SUCCESS,
-    WARNING_SUBOPS,
     describe,
-    internal_error,
-    status_dataset,
 )
 from bridge.translate.syntax import (
     cannot_send,
@@ -83,58 +58,6 @@ class NoAcceptableContext(BridgeError):
     """The peer accepted no presentation context for the instance's SOP class."""
 
 
-def list_instances(
-    plan: RetrievePlan, ctx: BridgeContext, cancelled: Callable[[], bool]
-) -> list[InstanceRef]:
-    """Every instance the plan matches, paged to the end, in sending order."""
-    refs: dict[str, InstanceRef] = {}
-    for page in ctx.search_pages(plan.query, cancelled):
-        for result in page.results:
-            ref = instance_ref(result)
-            if ref is None:
-                raise DicomwebProtocolError("QIDO-RS instance result without its UIDs")
-            refs.setdefault(ref.sop_instance_uid, ref)
-    return sort_instances(refs.values())
-
-
-def find_instances(
-    event: Event,
-    ctx: BridgeContext,
-    model: InformationModel,
-    cancelled: Callable[[], bool],
-    service: str,
-) -> tuple[RetrievePlan, list[InstanceRef]] | Dataset:
-    """The plan and matching instances of a C-GET/C-MOVE request, or the failure status
-    to answer with (0xA900 bad identifier, 0xAA0x frame request, 0xA701 search failed,
-    0xFE00 cancelled, internal error)."""
-    peer = event.assoc.requestor.ae_title
-    try:
-        plan = build_retrieve_plan(decode_identifier(event), model)
-    except FrameError as exc:
-        return status_dataset(exc.status, str(exc))
-    except InvalidIdentifier as exc:
-        LOGGER.warning("%s from %s refused: %s", service, peer, exc)
-        return status_dataset(IDENTIFIER_MISMATCH, str(exc))
-    except Exception as exc:
-        LOGGER.exception("%s: internal error while reading the identifier", service)
-        return internal_error(exc)
-    LOGGER.info("%s %s %s from %s", service, model.value, plan.level.name, peer)
-    try:
-        return plan, list_instances(plan, ctx, cancelled)
-    except Cancelled:
-        return status_dataset(CANCEL)
-    except DicomwebCircuitOpen as exc:
-        # The breaker logged the outage once (WARNING); this is one request of many.
-        LOGGER.info("%s from %s: cannot list instances: %s", service, peer, exc)
-        return status_dataset(OUT_OF_RESOURCES_MATCHES, exc.summary)
-    except BridgeError as exc:
-        LOGGER.warning("%s from %s: cannot list instances: %s", service, peer, exc)
-        return status_dataset(OUT_OF_RESOURCES_MATCHES, describe(exc))
-    except Exception as exc:
-        LOGGER.exception("%s: internal error while listing instances", service)
-        return internal_error(exc)
-
-
 def accepted_syntaxes(contexts: Any, role: str) -> dict[str, frozenset[str]]:
     """Transfer syntaxes accepted per SOP class on contexts where we may act as `role`."""
     found: dict[str, set[str]] = {}
@@ -146,7 +69,7 @@ def accepted_syntaxes(contexts: Any, role: str) -> dict[str, frozenset[str]]:
 
 
 @dataclass(frozen=True)
-class Payload:
+class WadoAnswer:
     """What WADO-RS gave for one instance: a Part 10 file, or its metadata."""
 
     part10: bytes | None = None
@@ -158,7 +81,7 @@ class Payload:
 
 
 @dataclass
-class SubOp:
+class SubOperation:
     """One instance ready to send (``dataset``), or why it cannot be (``error``)."""
 
     ref: InstanceRef
@@ -170,7 +93,8 @@ class SubOp:
 
 
 class InstanceSource:
-    """Yields a SubOp per instance, in order, fetched ahead; closing it cancels all fetches."""
+    """Yields a SubOperation per instance, in order, fetched ahead; closing it cancels
+    every fetch."""
 
     def __init__(
         self,
@@ -190,24 +114,24 @@ class InstanceSource:
         # (series, SOP class) → what to ask the server for, learned from earlier instances.
         self.hints: dict[tuple[str, str], str] = {}
 
-    async def _fetch(self, ref: InstanceRef) -> Payload:
+    async def _fetch(self, ref: InstanceRef) -> WadoAnswer:
         if ref.sop_class_uid and not self.accepted.get(ref.sop_class_uid):
             raise NoAcceptableContext(no_context(ref.sop_class_uid))
         if self.metadata_only:
-            return Payload(metadata=await self.ctx.client.retrieve_metadata(ref))
+            return WadoAnswer(metadata=await self.ctx.client.retrieve_metadata(ref))
         key = (ref.series_uid, ref.sop_class_uid)
         hint = self.hints.get(key, ANY_SYNTAX)
         if hint in (ANY_SYNTAX, _LOCAL):
-            return Payload(part10=await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX))
+            return WadoAnswer(part10=await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX))
         # As stored when the server cannot transcode this instance: _prepare decides.
-        return Payload(part10=await self.ctx.client.retrieve_instance_transcoded(ref, hint))
+        return WadoAnswer(part10=await self.ctx.client.retrieve_instance_transcoded(ref, hint))
 
-    def subops(self) -> Generator[SubOp, None, None]:
+    def subops(self) -> Generator[SubOperation, None, None]:
         retrieve = self.ctx.config.retrieve
-        prefetcher: Prefetcher[InstanceRef, Payload] = Prefetcher(
+        prefetcher: Prefetcher[InstanceRef, WadoAnswer] = Prefetcher(
             self.refs,
             self._fetch,
-            Payload.size,
+            WadoAnswer.size,
             max_concurrent=retrieve.max_concurrent_fetches,
             max_bytes=retrieve.max_buffer_bytes,
         )
@@ -217,14 +141,14 @@ class InstanceSource:
                 try:
                     if fetched.error is not None:
                         outage = isinstance(fetched.error, DicomwebCircuitOpen)
-                        yield SubOp(ref, error=_reason(fetched.error), outage=outage)
+                        yield SubOperation(ref, error=_reason(fetched.error), outage=outage)
                     else:
                         assert fetched.value is not None
                         yield self._prepare(ref, fetched.value)
                 finally:
                     handle.release(index)
 
-    def _prepare(self, ref: InstanceRef, fetched: Payload) -> SubOp:
+    def _prepare(self, ref: InstanceRef, fetched: WadoAnswer) -> SubOperation:
         if fetched.metadata is not None:
             return self._prepare_metadata(ref, fetched.metadata)
         payload = fetched.part10
@@ -238,14 +162,14 @@ class InstanceSource:
             stored = str(ds.file_meta.TransferSyntaxUID)
             sop_class = str(ds.SOPClassUID)
         except Exception as exc:
-            return SubOp(ref, error=f"corrupt instance from WADO-RS: {exc}")
+            return SubOperation(ref, error=f"corrupt instance from WADO-RS: {exc}")
         if str(ds.SOPInstanceUID) != ref.sop_instance_uid:
-            return SubOp(ref, error="WADO-RS returned a different instance")
+            return SubOperation(ref, error="WADO-RS returned a different instance")
         accepted = self.accepted.get(sop_class, frozenset())
         if not accepted:
-            return SubOp(ref, error=no_context(sop_class))
+            return SubOperation(ref, error=no_context(sop_class))
         if is_sendable(stored, accepted):
-            return SubOp(ref, dataset=ds, size=len(payload))
+            return SubOperation(ref, dataset=ds, size=len(payload))
         return self._convert(ref, ds, stored, sop_class, accepted, len(payload))
 
     def _convert(
@@ -256,7 +180,7 @@ class InstanceSource:
         sop_class: str,
         accepted: frozenset[str],
         size: int,
-    ) -> SubOp:
+    ) -> SubOperation:
         """The instance in a syntax the peer accepted: the server's transcoding first, then
         a local lossless conversion; or why neither is possible (``cannot_send``)."""
         allow_lossy = self.ctx.config.retrieve.allow_lossy
@@ -281,7 +205,7 @@ class InstanceSource:
             else:
                 self.hints[key] = _LOCAL
                 return subop
-        return SubOp(ref, error=cannot_send(stored, accepted, allow_lossy), size=size)
+        return SubOperation(ref, error=cannot_send(stored, accepted, allow_lossy), size=size)
 
     def _server_copy(
         self,
@@ -290,7 +214,7 @@ class InstanceSource:
         wanted: str,
         sop_class: str,
         accepted: frozenset[str],
-    ) -> SubOp | None:
+    ) -> SubOperation | None:
         """The server's transcoding of the instance into `wanted`, or None when it cannot
         (HTTP 406/500, unreadable, or not what was asked)."""
         try:
@@ -322,16 +246,16 @@ class InstanceSource:
                 short_name(got),
                 converted.SOPInstanceUID,
             )
-            return SubOp(ref, dataset=converted, size=len(again))
+            return SubOperation(ref, dataset=converted, size=len(again))
         if str(converted.SOPInstanceUID) != ref.sop_instance_uid:
             LOGGER.warning("server transcoding to %s changed the SOP Instance UID", wanted)
             return None
         self.hints[(ref.series_uid, sop_class)] = wanted
-        return SubOp(ref, dataset=converted, size=len(again))
+        return SubOperation(ref, dataset=converted, size=len(again))
 
     def _local_copy(
         self, ref: InstanceRef, ds: Dataset, stored: str, target: str, asked: str | None
-    ) -> SubOp:
+    ) -> SubOperation:
         """A lossless local conversion into `target` (ConversionError when impossible). An
         instance pydicom cannot decode here (no plugin: JPEG Extended 12-bit, JPEG Lossless)
         is decompressed by the server first, unless that is what was just asked in vain."""
@@ -347,12 +271,12 @@ class InstanceSource:
             stored = str(ds.file_meta.TransferSyntaxUID)
         if target == ExplicitVRLittleEndian and stored != ExplicitVRBigEndian:
             # Decompressed in place: sent without another encoding pass here.
-            return SubOp(ref, dataset=ds, size=len(ds.PixelData))
+            return SubOperation(ref, dataset=ds, size=len(ds.PixelData))
         part10 = convert(ds, target)
         exact = target in self.accepted.get(str(ds.SOPClassUID), frozenset())
         if self.ctx.config.retrieve.fast_send and exact:
-            return SubOp(ref, dataset=EncodedInstance(part10), size=len(part10))
-        return SubOp(ref, dataset=dcmread(BytesIO(part10)), size=len(part10))
+            return SubOperation(ref, dataset=EncodedInstance(part10), size=len(part10))
+        return SubOperation(ref, dataset=dcmread(BytesIO(part10)), size=len(part10))
 
     def _server_native(self, ref: InstanceRef) -> Dataset:
         """The instance decompressed by the server (Explicit VR LE), for a local encoder."""
@@ -367,7 +291,7 @@ class InstanceSource:
             raise ConversionError("server decompression changed the SOP Instance UID")
         return ds
 
-    def _prepare_encoded(self, ref: InstanceRef, payload: bytes) -> SubOp | None:
+    def _prepare_encoded(self, ref: InstanceRef, payload: bytes) -> SubOperation | None:
         """The fast path: the instance as WADO-RS sent it, when the peer takes its stored
         syntax exactly; None to use the decoding path."""
         try:
@@ -379,17 +303,17 @@ class InstanceSource:
         accepted = self.accepted.get(str(instance.SOPClassUID), frozenset())
         if str(instance.transfer_syntax) not in accepted:
             return None
-        return SubOp(ref, dataset=instance, size=len(payload))
+        return SubOperation(ref, dataset=instance, size=len(payload))
 
-    def _prepare_metadata(self, ref: InstanceRef, metadata: dict[str, Any]) -> SubOp:
+    def _prepare_metadata(self, ref: InstanceRef, metadata: dict[str, Any]) -> SubOperation:
         try:
             ds = metadata_dataset(metadata)
         except Exception as exc:
-            return SubOp(ref, error=f"unreadable WADO-RS metadata: {exc}")
+            return SubOperation(ref, error=f"unreadable WADO-RS metadata: {exc}")
         accepted = self.accepted.get(str(ds.SOPClassUID), frozenset())
         if not is_sendable(ExplicitVRLittleEndian, accepted):
-            return SubOp(ref, error="peer accepts no uncompressed syntax for the metadata")
-        return SubOp(ref, dataset=ds, size=0)
+            return SubOperation(ref, error="peer accepts no uncompressed syntax for the metadata")
+        return SubOperation(ref, dataset=ds, size=0)
 
 
 def _reason(error: BaseException) -> str:
@@ -398,80 +322,3 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, BridgeError):
         return describe(error)
     return f"{type(error).__name__}: {error}"
-
-
-@dataclass
-class Tally:
-    """Sub-operation outcomes of one retrieve, and the final status they add up to."""
-
-    total: int
-    completed: int = 0
-    warnings: int = 0
-    failed: list[str] = field(default_factory=list)
-    bytes_sent: int = 0
-    started: float = field(default_factory=time.monotonic)
-    # Why sub-operations failed, most frequent first in the final ErrorComment: the
-    # Failed SOP Instance UID List says which, this says why.
-    reasons: Counter[str] = field(default_factory=Counter)
-
-    def record_store(self, ref: InstanceRef, status: int | None, size: int) -> None:
-        if status == SUCCESS:
-            self.completed += 1
-            self.bytes_sent += size
-        elif status in STORE_RESPONSE_WARNINGS:
-            self.warnings += 1
-            self.bytes_sent += size
-        elif status is None:
-            self.record_failure(ref.sop_instance_uid, "no C-STORE response from the peer")
-        else:
-            self.record_failure(ref.sop_instance_uid, f"peer answered C-STORE 0x{status:04X}")
-
-    def record_failure(self, sop_instance_uid: str, reason: str) -> None:
-        self.failed.append(sop_instance_uid)
-        self.reasons[reason] += 1
-
-    def record_failures(self, sop_instance_uids: list[str], reason: str) -> None:
-        self.failed.extend(sop_instance_uids)
-        if sop_instance_uids:
-            self.reasons[reason] += len(sop_instance_uids)
-
-    def comment(self) -> str | None:
-        """ErrorComment material: the failure reasons with their counts, most frequent
-        first ("3 failed: <reason>; 1: <reason>"); None when nothing failed."""
-        if not self.reasons:
-            return None
-        ranked = self.reasons.most_common()
-        (first, n), rest = ranked[0], ranked[1:]
-        parts = [f"{n} failed: {first}"] + [f"{m}: {reason}" for reason, m in rest]
-        return "; ".join(parts)
-
-    def final_status(self) -> int:
-        if not self.failed and not self.warnings:
-            return SUCCESS
-        if self.completed + self.warnings == 0:
-            return OUT_OF_RESOURCES_SUBOPS
-        return WARNING_SUBOPS
-
-    def log(self, service: str, peer: str, status: int) -> None:
-        seconds = max(time.monotonic() - self.started, 1e-6)
-        mb = self.bytes_sent / 1e6
-        LOGGER.info(
-            "%s done: peer %s, %d/%d instances sent, %d warning, %d failed, %.1f MB, "
-            "%.2f s, %.1f MB/s, status 0x%04X",
-            service,
-            peer,
-            self.completed + self.warnings,
-            self.total,
-            self.warnings,
-            len(self.failed),
-            mb,
-            seconds,
-            mb / seconds,
-            status,
-        )
-
-
-def failed_list(uids: list[str]) -> Dataset:
-    ds = Dataset()
-    ds.FailedSOPInstanceUIDList = uids
-    return ds
