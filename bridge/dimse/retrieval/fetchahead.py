@@ -142,7 +142,7 @@ class PrefetchHandle(Generic[T, R]):
         self.cancel()
 
     def take(self, index: int, is_cancelled: Callable[[], bool]) -> Fetched[R]:
-        """Wait for item `index`; raises loop_thread.Cancelled (after cancelling all) when asked to."""
+        """Wait for item `index`; raises Cancelled (after cancelling all) when asked to."""
         future = asyncio.run_coroutine_threadsafe(self._prefetcher.result(index), self._loop.loop)
         try:
             return Fetched(wait(future, is_cancelled), None)
