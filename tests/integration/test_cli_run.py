@@ -25,7 +25,8 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 
 from tests.conftest import OrthancFixture
 from tests.integration.bridge_runner import REPO_ROOT, BridgeProcess, bridge_config
-from tests.integration.tools import dcmtk, free_port, port_listening, tool_env
+from tests.integration.tools import free_port, port_listening
+from tests.integration.tools import storescp as run_storescp
 from tests.scu import c_echo as scu_c_echo
 
 pytestmark = pytest.mark.integration
@@ -276,24 +277,8 @@ def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     """dcmtk's storescp as a C-ECHO SCP on loopback (debug log: it names the calling AE)."""
     port = free_port()
     log_path = tmp_path / "storescp.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [dcmtk("storescp"), "-d", "-aet", "STORESCP", "-od", str(tmp_path), str(port)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=tool_env(),
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while not port_listening(port):
-            assert process.poll() is None, log_path.read_text(errors="replace")
-            assert time.monotonic() < deadline, "storescp did not listen within 10 s"
-            time.sleep(0.05)
+    with run_storescp(port, tmp_path, log_path, "-d", "-aet", "STORESCP"):
         yield port, log_path
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_check_peers_echoes_each_peer(

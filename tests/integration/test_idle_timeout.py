@@ -10,7 +10,6 @@ and the bridge's sub-association waits longer than the timeout for every respons
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,8 +33,8 @@ from tests.integration.test_commitment import (
     SCU_AE,
     request_commitment,
 )
-from tests.integration.test_move import movescu_final, wait_listening
-from tests.integration.tools import dcmtk, describe, free_port, run_dcmtk, tool_env
+from tests.integration.test_move import movescu_final
+from tests.integration.tools import describe, free_port, run_dcmtk, storescp
 from tests.scu import failed_uid_list
 
 pytestmark = pytest.mark.integration
@@ -67,26 +66,16 @@ def side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
     received = workdir / "received"
     received.mkdir()
     port = free_port()
-    with (workdir / "storescp.log").open("wb") as log:
-        storescp = subprocess.Popen(
-            [
-                dcmtk("storescp"),
-                "-v",
-                "--sleep-during",
-                str(STORE_SLEEP),
-                "-aet",
-                "SLOWSCP",
-                "-od",
-                str(received),
-                str(port),
-            ],
-            env=tool_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_listening(port)
+    with storescp(
+        port,
+        received,
+        workdir / "storescp.log",
+        "-v",
+        "--sleep-during",
+        str(STORE_SLEEP),
+        "-aet",
+        "SLOWSCP",
+    ):
         with (
             uploaded_study(workdir / "orthanc", STUDY_SIZE, key="idle-timeout") as study,
             FaultProxy(study.server.http_url) as proxy,
@@ -105,13 +94,6 @@ def side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
                 yield Side(study, proxy, bridge, received)
             finally:
                 bridge.stop()
-    finally:
-        storescp.terminate()
-        try:
-            storescp.wait(10)
-        except subprocess.TimeoutExpired:
-            storescp.kill()
-            storescp.wait(10)
 
 
 def _uids_in(directory: Path) -> set[str]:

@@ -70,13 +70,14 @@ from tests.integration.orthanc import OrthancServer
 from tests.integration.tools import (
     MOVESCU_EXIT_CMOVE_ERROR,
     assert_released_cleanly,
-    dcmtk,
     describe,
     final_response_dump,
     free_port,
     port_listening,
     run_dcmtk,
-    tool_env,
+)
+from tests.integration.tools import (
+    storescp as run_storescp,
 )
 from tests.scu import RetrieveOutcome, scu, set_nodelay
 from tests.scu import c_move as scu_c_move
@@ -388,24 +389,8 @@ def storescp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreScp]:
     directory.mkdir()
     port = free_port()
     log_path = workdir / "storescp.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [dcmtk("storescp"), "-v", "+B", "-aet", "STORESCP", "-od", str(directory), str(port)],
-            env=tool_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_listening(port)
+    with run_storescp(port, directory, log_path, "-v", "+B", "-aet", "STORESCP") as process:
         yield StoreScp(process, port, directory, log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture

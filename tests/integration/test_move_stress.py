@@ -30,8 +30,8 @@ import pytest
 from tests.faults.study import Study, uploaded_study
 from tests.integration.bridge_runner import REPO_ROOT, bridge_config, start_bridge
 from tests.integration.dataset import make_ct_series, to_bytes
-from tests.integration.test_move import movescu_final, wait_listening
-from tests.integration.tools import dcmtk, describe, free_port, run_dcmtk, tool_env
+from tests.integration.test_move import movescu_final
+from tests.integration.tools import describe, free_port, run_dcmtk, storescp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -84,24 +84,8 @@ def destination(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Destinatio
     directory = workdir / "received"
     directory.mkdir()
     port = free_port()
-    with (workdir / "storescp.log").open("wb") as log:
-        process = subprocess.Popen(
-            [dcmtk("storescp"), "-aet", DESTINATION, "-od", str(directory), str(port)],
-            env=tool_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_listening(port)
+    with storescp(port, directory, workdir / "storescp.log", "-aet", DESTINATION):
         yield Destination(port, directory)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture

@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -210,3 +212,33 @@ def port_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def storescp(
+    port: int, out_dir: Path, log_path: Path, *options: str, timeout: float = 10.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """dcmtk's storescp on `port`, writing to `out_dir` and logging to `log_path`, listening
+    when this yields (its log in the failure if it exits first); ended afterwards."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [dcmtk("storescp"), *options, "-od", str(out_dir), str(port)],
+            env=tool_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not port_listening(port):
+            assert process.poll() is None, log_path.read_text(errors="replace")
+            assert time.monotonic() < deadline, f"storescp did not listen within {timeout:.0f} s"
+            time.sleep(0.02)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
