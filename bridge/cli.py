@@ -178,6 +178,7 @@ def _print_config(config: Config) -> int:
 def _check(config: Config, *, offline: bool = False, peers: bool = False) -> int:
     from bridge.dicomweb.auth import build_auth
     from bridge.dicomweb.client import make_client
+    from bridge.profiles import describe
 
     backends = [(b.name, b.dicomweb) for b in config.all_backends]
     try:
@@ -211,6 +212,10 @@ def _check(config: Config, *, offline: bool = False, peers: bool = False) -> int
         )
         for line in tls_lines:
             print(line)
+        for name, dicomweb in backends:
+            print(f"backend {name}: profile {dicomweb.profile}; capabilities assumed:")
+            for line in describe(dicomweb.capabilities):
+                print(f"  {line}")
     if peers and not _check_peers(config) and code == EXIT_OK:
         code = EXIT_PEER
     return code

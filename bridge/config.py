@@ -11,12 +11,20 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from bridge.errors import ConfigError
+from bridge.profiles import (
+    GENERIC,
+    KEY_SET_FIELDS,
+    PROFILE_NAMES,
+    PROFILES,
+    Capabilities,
+    ProfileName,
+)
 
 ENV_CONFIG = "DIMSE_BRIDGE_CONFIG"
 EMBEDDED_SOURCE = "<embedded default config>"
@@ -136,6 +144,10 @@ class DicomwebConfig:
     client_cert: str = ""
     client_key: str = ""
     auth: AuthConfig = field(default_factory=AuthConfig)
+    # What the server can do (bridge/profiles.py): the profile's defaults with any
+    # [dicomweb.capabilities] keys applied.
+    profile: ProfileName = "generic"
+    capabilities: Capabilities = GENERIC
 
 
 @dataclass(frozen=True)
@@ -420,8 +432,37 @@ def _auth(table: _Table) -> AuthConfig:
     return auth
 
 
+def _capabilities(c: _Table, start: Capabilities) -> Capabilities:
+    """A capabilities table: each key present overrides `start` (the profile's value)."""
+    overrides: dict[str, object] = {}
+    for f in fields(Capabilities):
+        if f.name not in c.raw:
+            continue
+        current = getattr(start, f.name)
+        if f.name in KEY_SET_FIELDS:
+            values = c.str_list(f.name, ())
+            overrides[f.name] = None if "*" in values else frozenset(values)
+        elif isinstance(current, bool):
+            overrides[f.name] = c.bool_(f.name, current)
+        elif isinstance(current, float):
+            rate = c.float_(f.name, 1.0, -math.inf)
+            if rate < 0:
+                raise c.error(f.name, f"expected a number of at least 0, got {rate}")
+            overrides[f.name] = rate
+        else:
+            overrides[f.name] = c.int_(f.name, current, 0)
+    c.finish()
+    return replace(start, **overrides)  # type: ignore[arg-type]
+
+
 def _dicomweb(w: _Table, base: DicomwebConfig) -> DicomwebConfig:
     """A [dicomweb] table, or a [backends.NAME] one (whose defaults are `base`)."""
+    profile = w.str_("profile", base.profile)
+    if profile not in PROFILE_NAMES:
+        raise w.error("profile", f"expected one of {', '.join(PROFILE_NAMES)}, got {profile!r}")
+    # A profile named here starts from its own defaults; otherwise inherit `base`'s.
+    start = PROFILES[profile] if "profile" in w.raw else base.capabilities
+    capabilities = _capabilities(w.sub("capabilities"), start)
     encoding = w.str_("query_encoding", base.query_encoding)
     if encoding not in ("dicom", "strict"):
         raise w.error("query_encoding", f'expected "dicom" or "strict", got {encoding!r}')
@@ -441,6 +482,8 @@ def _dicomweb(w: _Table, base: DicomwebConfig) -> DicomwebConfig:
         client_cert=w.path("client_cert") or base.client_cert,
         client_key=w.path("client_key") or base.client_key,
         auth=_auth(w.sub("auth")) if "auth" in w.raw else base.auth,
+        profile=profile,
+        capabilities=capabilities,
     )
     if config.client_key and not config.client_cert:
         raise w.error("client_cert", "expected a client certificate to go with client_key")

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bridge.config import Config, Secret
+from bridge.profiles import Capabilities
 
 MASK = "***"
 
@@ -70,6 +71,8 @@ def _scalars(obj: Any) -> list[str]:
             ]
         elif dataclasses.is_dataclass(value):
             continue  # a sub-table, written after the keys
+        elif value is None and isinstance(obj, Capabilities):
+            lines.append(f'{toml_key(f.name)} = ["*"]')  # any attribute or syntax
         elif value is None:
             lines.append(f"# {f.name}: not set")
         else:
@@ -96,6 +99,8 @@ def _value(value: Any) -> str:
         return repr(value)  # config.py refuses inf and nan, which repr would not write as TOML
     if isinstance(value, str):
         return _string(value)
+    if isinstance(value, frozenset):
+        return _value(sorted(value))
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     raise TypeError(f"configdump cannot write {type(value).__name__} as TOML: {value!r}")

@@ -32,6 +32,7 @@ import pytest
 import bridge as bridge_package
 from bridge.cli import EXIT_CONFIG, EXIT_OK, EXIT_PEER, EXIT_RUNTIME, EXIT_UNREACHABLE, main
 from bridge.config import ENV_CONFIG, AuthConfig, Config, Secret, load_config, parse_config
+from bridge.profiles import Capabilities, describe
 from tests.integration.tools import missing_prerequisite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -161,17 +162,44 @@ def fake_dicomweb() -> Iterator[FakeServer]:
         thread.join(5)
 
 
+def without_profiles(lines: list[str]) -> list[str]:
+    """`check` output without its per-backend profile blocks (tested on their own)."""
+    return [
+        line
+        for line in lines
+        if not (line.startswith("  ") or (line.startswith("backend ") and " profile " in line))
+    ]
+
+
+def test_check_prints_the_profile_and_its_capabilities(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        '[dicomweb]\nprofile = "aws"\n[dicomweb.capabilities]\nwado_rate = 20\n',
+    )
+    result = bridge("check", "--offline", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[1] == "backend default: profile aws; capabilities assumed:"
+    assert "  hierarchical_only = yes" in lines
+    assert "  study_retrieve = no" in lines
+    assert "  wado_rate = 20.0" in lines
+    assert "  max_records = 10000" in lines
+
+
 def test_check_ok(tmp_path: Path, fake_dicomweb: FakeServer) -> None:
     path = write_config(tmp_path, f'[dicomweb]\nurl = "{fake_dicomweb.url}"\n')
     result = bridge("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert len(lines) == 1
     assert lines[0].startswith(
         f"ok: config {path}; AE DIMSE_BRIDGE on 0.0.0.0:11112; {fake_dicomweb.url}: "
         "QIDO-RS answered HTTP 200 (0 result, "
     )
+    # The profile in effect and every capability it assumes, one per line.
+    assert lines[1] == "backend default: profile generic; capabilities assumed:"
+    assert lines[2:] == [f"  {line}" for line in describe(Capabilities())]
+    assert "  max_limit = no limit" in lines
     assert fake_dicomweb.requests == [("/dicom-web/studies?limit=1", "application/dicom+json")]
 
 
@@ -307,10 +335,10 @@ def test_check_offline_contacts_no_server(
 ) -> None:
     path = write_config(tmp_path, f'[dicomweb]\nurl = "{fake_dicomweb.url}"\n')
     assert main(["check", "--offline", "--config", str(path)]) == EXIT_OK
-    assert capsys.readouterr().out == (
+    assert without_profiles(capsys.readouterr().out.splitlines()) == [
         f"ok: config {path}; AE DIMSE_BRIDGE on 0.0.0.0:11112; "
-        f"{fake_dicomweb.url}: not contacted (--offline)\n"
-    )
+        f"{fake_dicomweb.url}: not contacted (--offline)"
+    ]
     assert fake_dicomweb.requests == []
 
 
@@ -393,7 +421,7 @@ url = "http://lan.invalid/dicom-web"
     assert main(["check", "--offline", "--config", str(path)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "not-shown" not in out
-    lines = out.splitlines()
+    lines = without_profiles(out.splitlines())
     assert lines[0].startswith("ok: ")
     assert lines[1:] == [
         f"tls: DICOM TLS listener on 0.0.0.0:2762, certificate {cert}; "
@@ -459,6 +487,7 @@ def test_check_peers_without_peers(
     path = write_config(tmp_path, f'[dicomweb]\nurl = "{fake_dicomweb.url}"\n')
     assert main(["check", "--peers", "--config", str(path)]) == EXIT_OK
     lines = capsys.readouterr().out.splitlines()
+    lines = without_profiles(lines)
     assert lines[0].startswith("ok: ") and lines[1:] == ["peers: none configured"]
 
 

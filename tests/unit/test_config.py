@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from bridge.config import (
     load_config,
     parse_config,
 )
+from bridge.configdump import dump_config
 from bridge.errors import ConfigError
+from bridge.profiles import PROFILE_NAMES, PROFILES
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "config.example.toml"
@@ -494,3 +497,100 @@ def test_ops_listen_is_parsed_once_into_an_address(
 def test_ops_listen_rejects_what_the_ops_listener_could_not_bind(listen: str) -> None:
     with pytest.raises(ConfigError, match="ops.listen"):
         parse_config({"ops": {"listen": listen}})
+
+
+# --- server profiles and capabilities (issue 11) --------------------------------------
+
+
+def test_profile_sets_capability_defaults_and_keys_override_them() -> None:
+    config = parse_config(
+        tomllib.loads(
+            """
+[dicomweb]
+profile = "azure"
+[dicomweb.capabilities]
+max_limit = 100
+study_search_keys = ["PatientID", "StudyDate"]
+wado_rate = 10
+"""
+        )
+    )
+    caps = config.dicomweb.capabilities
+    assert config.dicomweb.profile == "azure"
+    assert caps.max_limit == 100
+    assert caps.study_search_keys == frozenset({"PatientID", "StudyDate"})
+    assert caps.wado_rate == 10.0
+    # Untouched keys keep the profile's values.
+    assert caps.stow_implicit_vr is False
+    assert caps.retrieve_syntaxes == PROFILES["azure"].retrieve_syntaxes
+
+
+def test_a_backend_inherits_the_default_profile_unless_it_names_its_own() -> None:
+    config = parse_config(
+        tomllib.loads(
+            """
+[dicomweb]
+profile = "google"
+[dicomweb.capabilities]
+max_limit = 10
+[backends.same]
+ae_title = "SAME"
+[backends.aws]
+ae_title = "AWS"
+profile = "aws"
+[backends.aws.capabilities]
+retrieve_syntaxes = ["*"]
+"""
+        )
+    )
+    by_name = {b.name: b.dicomweb for b in config.backends}
+    assert by_name["same"].profile == "google"
+    assert by_name["same"].capabilities.max_limit == 10
+    assert by_name["aws"].capabilities == dataclasses.replace(
+        PROFILES["aws"], retrieve_syntaxes=None
+    )
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "expected"),
+    [
+        ('[dicomweb]\nprofile = "gcp"', "dicomweb.profile", "expected one of generic"),
+        (
+            "[dicomweb.capabilities]\nmax_limit = -1",
+            "dicomweb.capabilities.max_limit",
+            "at least 0",
+        ),
+        (
+            "[dicomweb.capabilities]\nwado_rate = -2",
+            "dicomweb.capabilities.wado_rate",
+            "at least 0",
+        ),
+        (
+            '[dicomweb.capabilities]\nwildcards = "no"',
+            "dicomweb.capabilities.wildcards",
+            "true or false",
+        ),
+        (
+            "[dicomweb.capabilities]\nstudy_search_keys = 3",
+            "dicomweb.capabilities.study_search_keys",
+            "array of strings",
+        ),
+        (
+            "[dicomweb.capabilities]\nmax_rows = 3",
+            "dicomweb.capabilities.max_rows",
+            "unknown key",
+        ),
+    ],
+)
+def test_invalid_profile_and_capabilities_name_the_key(toml: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(toml))
+    assert err.value.key == key
+    assert expected in str(err.value)
+
+
+def test_every_profile_dumps_and_reloads_to_the_same_capabilities() -> None:
+    for name in PROFILE_NAMES:
+        config = parse_config({"dicomweb": {"profile": name}})
+        dumped = tomllib.loads(dump_config(config, ""))
+        assert parse_config(dumped).dicomweb == config.dicomweb, name

@@ -1,0 +1,257 @@
+"""What each DICOMweb server can do: one table of server profiles (issue 11).
+
+A profile only sets defaults. ``[dicomweb.capabilities]`` (or
+``[backends.NAME.capabilities]``) overrides any field, so an integrator can describe a
+server that has no profile. The query planner (bridge/translate/), the DICOMweb client
+and the C-STORE path all read the resulting :class:`Capabilities`; nothing else decides
+what a server can take.
+
+This module is pure data: it imports neither httpx nor pynetdicom, so translate/,
+dicomweb/ and dimse/ may all use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+ProfileName = Literal["generic", "orthanc", "google", "azure", "aws", "dcm4chee"]
+PROFILE_NAMES: tuple[ProfileName, ...] = (
+    "generic",
+    "orthanc",
+    "google",
+    "azure",
+    "aws",
+    "dcm4chee",
+)
+
+# Transfer syntaxes named in the profiles below.
+EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
+JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one DICOMweb server accepts. ``None`` in a key set means "any attribute"."""
+
+    # Attributes (pydicom keywords) the server matches at each QIDO-RS resource.
+    study_search_keys: frozenset[str] | None = None
+    series_search_keys: frozenset[str] | None = None
+    instance_search_keys: frozenset[str] | None = None
+    # Value forms the server matches (PS3.4 C.2.2.2): * and ? wildcards, lists of UIDs,
+    # comma lists of other values, date/time ranges, and empty values (universal match
+    # sent as a parameter).
+    wildcards: bool = True
+    uid_lists: bool = True
+    value_lists: bool = True
+    ranges: bool = True
+    empty_values: bool = True
+    # fuzzymatching=true gives a prefix word match on person names: a superset of a
+    # trailing-* match that the bridge then filters exactly.
+    fuzzy_matching: bool = False
+    # Only /studies/{uid}/series and /studies/{uid}/series/{uid}/instances exist; no
+    # /series or /instances at the root.
+    hierarchical_only: bool = False
+    # Largest limit= (0 = none), largest offset= (0 = none), and most rows a search can
+    # ever page through (0 = no cap).
+    max_limit: int = 0
+    max_offset: int = 0
+    max_records: int = 0
+    # QIDO-RS answers carry NumberOfStudyRelated*/NumberOfSeriesRelated* counts.
+    related_counts: bool = True
+    # Attributes the server accepts in includefield= (None = any, and "all").
+    includefield_keys: frozenset[str] | None = None
+    # Transfer syntaxes WADO-RS can transcode to on request (None = any; "*", the stored
+    # syntax, is always available).
+    retrieve_syntaxes: frozenset[str] | None = None
+    # WADO-RS at study level (/studies/{uid}) exists.
+    study_retrieve: bool = True
+    # STOW-RS takes Implicit VR Little Endian data sets.
+    stow_implicit_vr: bool = True
+    # WADO-RS requests per second to this server, all associations together (0 = no
+    # limit), and the burst allowed above it.
+    wado_rate: float = 0.0
+    wado_burst: int = 0
+
+
+GENERIC = Capabilities()
+
+# Profiles. Each entry cites the vendor page its limits come from.
+PROFILES: Mapping[ProfileName, Capabilities] = {
+    # A PS3.18-conformant server: today's behaviour.
+    "generic": GENERIC,
+    # Orthanc 1.10 with its DICOMweb plugin: conformant for everything the bridge sends.
+    "orthanc": GENERIC,
+    # https://cloud.google.com/healthcare-api/docs/dicom (DICOM conformance statement,
+    # "Search transaction").
+    "google": Capabilities(
+        study_search_keys=frozenset(
+            {
+                "StudyInstanceUID",
+                "PatientName",
+                "PatientID",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDate",
+            }
+        ),
+        series_search_keys=frozenset(
+            {
+                "StudyInstanceUID",
+                "PatientName",
+                "PatientID",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDate",
+                "SeriesInstanceUID",
+                "Modality",
+            }
+        ),
+        instance_search_keys=frozenset(
+            {
+                "StudyInstanceUID",
+                "PatientName",
+                "PatientID",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDate",
+                "SeriesInstanceUID",
+                "Modality",
+                "SOPInstanceUID",
+            }
+        ),
+        wildcards=False,
+        uid_lists=False,
+        value_lists=False,
+        ranges=True,
+        fuzzy_matching=True,
+        max_limit=5000,
+        max_offset=1_000_000,
+        related_counts=False,
+    ),
+    # https://learn.microsoft.com/azure/healthcare-apis/dicom/dicom-services-conformance-statement-v2
+    "azure": Capabilities(
+        study_search_keys=frozenset(
+            {
+                "StudyInstanceUID",
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDate",
+                "StudyDescription",
+                "ModalitiesInStudy",
+            }
+        ),
+        series_search_keys=frozenset(
+            {
+                "StudyInstanceUID",
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDate",
+                "StudyDescription",
+                "ModalitiesInStudy",
+                "SeriesInstanceUID",
+                "Modality",
+                "PerformedProcedureStepStartDate",
+                "ManufacturerModelName",
+            }
+        ),
+        instance_search_keys=frozenset(
+            {
+                "StudyInstanceUID",
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "AccessionNumber",
+                "ReferringPhysicianName",
+                "StudyDate",
+                "StudyDescription",
+                "ModalitiesInStudy",
+                "SeriesInstanceUID",
+                "Modality",
+                "PerformedProcedureStepStartDate",
+                "ManufacturerModelName",
+                "SOPInstanceUID",
+            }
+        ),
+        wildcards=False,
+        uid_lists=True,
+        value_lists=False,
+        ranges=True,
+        empty_values=False,
+        fuzzy_matching=True,
+        max_limit=200,
+        retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG2000_LOSSLESS}),
+        stow_implicit_vr=False,
+    ),
+    # https://docs.aws.amazon.com/healthimaging/latest/devguide/dicomweb-search.html and
+    # dicomweb-retrieve.html
+    "aws": Capabilities(
+        study_search_keys=frozenset(
+            {
+                "StudyDate",
+                "AccessionNumber",
+                "ModalitiesInStudy",
+                "ReferringPhysicianName",
+                "PatientName",
+                "PatientID",
+                "StudyInstanceUID",
+                "StudyID",
+            }
+        ),
+        wildcards=False,
+        uid_lists=False,
+        value_lists=False,
+        hierarchical_only=True,
+        max_records=10_000,
+        retrieve_syntaxes=frozenset({EXPLICIT_VR_LE}),
+        study_retrieve=False,
+        wado_rate=50.0,
+        wado_burst=100,
+    ),
+    # https://github.com/dcm4che/dcm4chee-arc-light/wiki (QIDO-RS): no fuzzymatching,
+    # full paging.
+    "dcm4chee": GENERIC,
+}
+
+# TOML keys of a capabilities table, by kind, in the order `check` prints them.
+KEY_SET_FIELDS = (
+    "study_search_keys",
+    "series_search_keys",
+    "instance_search_keys",
+    "includefield_keys",
+    "retrieve_syntaxes",
+)
+
+
+def capabilities_for(
+    profile: ProfileName, overrides: Mapping[str, object] | None = None
+) -> Capabilities:
+    """The profile's capabilities with `overrides` (already type-checked) applied."""
+    caps = PROFILES[profile]
+    return replace(caps, **dict(overrides)) if overrides else caps  # type: ignore[arg-type]
+
+
+def describe(caps: Capabilities) -> list[str]:
+    """One ``key = value`` line per capability, as `dimse-bridge check` prints them."""
+    lines = []
+    for f in fields(caps):
+        value = getattr(caps, f.name)
+        if f.name in KEY_SET_FIELDS:
+            shown = "any" if value is None else ", ".join(sorted(value)) or "none"
+        elif isinstance(value, bool):
+            shown = "yes" if value else "no"
+        elif value == 0:
+            shown = "no limit"
+        else:
+            shown = str(value)
+        lines.append(f"{f.name} = {shown}")
+    return lines
