@@ -25,7 +25,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Ver
 
 from tests.conftest import OrthancFixture
 from tests.integration.bridge_runner import REPO_ROOT, BridgeProcess, bridge_config
-from tests.integration.tools import free_port, port_listening
+from tests.integration.tools import free_port, port_listening, without_profiles
 from tests.integration.tools import storescp as run_storescp
 from tests.scu import c_echo as scu_c_echo
 
@@ -262,7 +262,7 @@ def test_check_against_orthanc_is_ok(orthanc: OrthancFixture, tmp_path: Path) ->
     config.write_text(bridge_config(orthanc.dicomweb_url, port), encoding="utf-8")
     result = run_cli("check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result
-    lines = result.stdout.strip().splitlines()
+    lines = without_profiles(result.stdout.strip().splitlines())
     assert len(lines) == 1, result.stdout
     assert lines[0].startswith("ok: "), lines[0]
     assert str(config) in lines[0] and orthanc.dicomweb_url in lines[0]
@@ -299,7 +299,7 @@ def test_check_peers_echoes_each_peer(
     )
     result = run_cli("check", "--peers", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 4, result
-    lines = result.stdout.splitlines()
+    lines = without_profiles(result.stdout.splitlines())
     assert lines[0].startswith("ok: config "), lines
     assert len(lines) == 3, lines
     for line, (ae_title, host, port) in zip(lines[1:], up_peers, strict=True):
@@ -327,7 +327,7 @@ def test_check_peers_echoes_each_peer(
     )
     result = run_cli("check", "--peers", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result
-    assert result.stdout.splitlines()[1].startswith(
+    assert without_profiles(result.stdout.splitlines())[1].startswith(
         f"ok: peer STORESCP at 127.0.0.1:{scp_port}: C-ECHO answered 0x0000 (success) "
         "(calling AE MOVER, "
     )

@@ -242,3 +242,12 @@ def storescp(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def without_profiles(lines: list[str]) -> list[str]:
+    """`check` output without its per-backend profile blocks (tested on their own)."""
+    return [
+        line
+        for line in lines
+        if not (line.startswith("  ") or (line.startswith("backend ") and " profile " in line))
+    ]

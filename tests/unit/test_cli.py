@@ -33,7 +33,7 @@ import bridge as bridge_package
 from bridge.cli import EXIT_CONFIG, EXIT_OK, EXIT_PEER, EXIT_RUNTIME, EXIT_UNREACHABLE, main
 from bridge.config import ENV_CONFIG, AuthConfig, Config, Secret, load_config, parse_config
 from bridge.profiles import Capabilities, describe
-from tests.integration.tools import missing_prerequisite
+from tests.integration.tools import missing_prerequisite, without_profiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,15 +160,6 @@ def fake_dicomweb() -> Iterator[FakeServer]:
         server.shutdown()
         server.server_close()
         thread.join(5)
-
-
-def without_profiles(lines: list[str]) -> list[str]:
-    """`check` output without its per-backend profile blocks (tested on their own)."""
-    return [
-        line
-        for line in lines
-        if not (line.startswith("  ") or (line.startswith("backend ") and " profile " in line))
-    ]
 
 
 def test_check_prints_the_profile_and_its_capabilities(tmp_path: Path) -> None:
