@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that installs the test prerequisites and runs the whole suite:
 #   system packages (Orthanc + DICOMweb plugin + dcmtk + GDCM's gdcmscu; podman, runc,
-#   mmdebstrap for the container test; prometheus for promtool) when missing, a venv in .venv with the package and
-#   its [test] extra, then ruff, mypy and pytest (arguments go to pytest).
+#   mmdebstrap for the container test; prometheus for promtool) when missing, a venv in
+#   .venv with the package and its [test] extra, then ruff, mypy and pytest (arguments go
+#   to pytest).
 # Works from a clean Debian/Ubuntu checkout as root, or as a user with sudo.
 set -euo pipefail
 
