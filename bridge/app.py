@@ -7,7 +7,6 @@ the AE, its listeners and the association policy, and builds none of what they s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import signal
@@ -30,8 +29,6 @@ from bridge.ops.metrics import Metrics
 LOGGER = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Seconds each backend's readiness probe may take; the backends are probed together.
-PROBE_TIMEOUT_S = 5.0
 
 
 class Bridge:
@@ -89,34 +86,18 @@ class Bridge:
         self.dimse.log_listening()
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness for /readyz: every backend answers its QIDO-RS probe. Each backend's
-        answer also sets its dimse_bridge_backend_up gauge."""
+        """Readiness for /readyz: every backend answers its QIDO-RS probe."""
         if self._stopping.is_set():
             return False, "shutting down"
-        results = self.probe_backends()
-        for name, ok, _ in results:
-            self.metrics.backend_ready(name, ok)
-        failed = [f"{name}: {message}" for name, ok, message in results if not ok]
-        if failed:
-            return False, failed[0]
-        return True, "; ".join(f"{name}: {message}" for name, _, message in results)
-
-    def probe_backends(self) -> list[tuple[str, bool, str]]:
-        """Every backend's QIDO-RS probe, at the same time (a slow one does not delay the
-        others' answers): (backend name, answered, summary or why not), in config order."""
-
-        async def probe(name: str, client: DicomwebClient) -> tuple[str, bool, str]:
+        summaries = []
+        for name, client in self.clients.items():
             try:
-                return name, True, await asyncio.wait_for(client.probe(), PROBE_TIMEOUT_S)
+                summaries.append(f"{name}: {self.loop.call(client.probe(), timeout=5.0)}")
             except BridgeError as exc:
-                return name, False, str(exc)
+                return False, f"{name}: {exc}"
             except TimeoutError:
-                return name, False, f"DICOMweb probe timed out after {PROBE_TIMEOUT_S:.0f} s"
-
-        async def probe_all() -> list[tuple[str, bool, str]]:
-            return list(await asyncio.gather(*(probe(n, c) for n, c in self.clients.items())))
-
-        return self.loop.call(probe_all(), timeout=PROBE_TIMEOUT_S + 1.0)
+                return False, f"{name}: DICOMweb probe timed out after 5 s"
+        return True, "; ".join(summaries)
 
     def active_associations(self) -> int:
         return self.dimse.active_associations()

@@ -10,9 +10,10 @@ request cannot make the liveness probe fail.
   bridge), cached for a couple of seconds by ``CachedProbe`` so that several probers
   (kubelet, load balancers, people with curl) do not each hit the DICOMweb server.
 - ``/metrics``: the Prometheus text exposition of ``Metrics``. The readiness check runs
-  first (through the same cache), so that ``dimse_bridge_backend_up`` is fresh on every
-  scrape even where nothing probes /readyz (systemd); with a backend that does not
-  answer, a scrape takes up to the probe's timeout (5 s).
+  first (through the same cache), so that ``dimse_bridge_backend_up`` (set from the
+  probes' outcomes) is fresh on every scrape even where nothing probes /readyz
+  (systemd); with a backend that does not answer, a scrape waits for its probe's
+  timeout (5 s).
 """
 
 from __future__ import annotations

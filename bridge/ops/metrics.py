@@ -66,6 +66,9 @@ ABORT_CAUSES = (
     "shutdown",  # still running when dimse.shutdown_timeout ran out at shutdown
 )
 
+# The outcome label of a 2xx answer (bridge/dicomweb/outcomes.py SUCCESS).
+SUCCESS_OUTCOME = "200"
+
 # prometheus_client exports a *_created series next to every counter and histogram by
 # default: twice the series, and no alert or dashboard reads them. The switch is process
 # wide; the bridge has no other use for them.
@@ -181,7 +184,8 @@ class Metrics:
         )
         self._backend_up = Gauge(
             "dimse_bridge_backend_up",
-            "1 when the DICOMweb backend answered the readiness probe (QIDO-RS) last time, else 0.",
+            "1 when the DICOMweb backend answered its last readiness probe (QIDO-RS), 0 when "
+            "that failed or its circuit breaker is open.",
             ["backend"],
             registry=r,
         )
@@ -269,15 +273,21 @@ class Metrics:
     # --- backends -----------------------------------------------------------------------
 
     def backend_ready(self, backend: str, ready: bool) -> None:
-        """The readiness probe of DICOMweb `backend` answered (`ready`) or failed."""
+        """DICOMweb `backend` answered its readiness probe (`ready`), or not."""
         self._backend_up.labels(backend).set(1 if ready else 0)
 
     # --- HTTP ---------------------------------------------------------------------------
 
     def http_request(self, backend: str, kind: str, outcome: str, seconds: float) -> None:
-        """One HTTP request to DICOMweb `backend` ended with `outcome` after `seconds`."""
+        """One HTTP request to DICOMweb `backend` ended with `outcome` after `seconds`.
+
+        A ``probe`` is the readiness probe (/readyz, and a scrape, run it; so does the
+        start-up check): its outcome is the backend's ``dimse_bridge_backend_up``. One
+        cancelled did not answer within the readiness check's 5 s: down too."""
         self._http.labels(backend, kind, outcome).inc()
         self._http_seconds.labels(backend, kind).observe(max(0.0, seconds))
+        if kind == "probe":
+            self.backend_ready(backend, outcome == SUCCESS_OUTCOME)
 
     def circuit_state(self, backend: str, state: str) -> None:
         """`backend`'s circuit breaker went to `state` (closed, open, half_open)."""
@@ -286,6 +296,10 @@ class Metrics:
         if state == "open" and previous == "closed":
             self._circuit_openings.labels(backend).inc()
         self._circuit_open.labels(backend).set(0 if state == "closed" else 1)
+        if state == "open":
+            # The probe now fails at once without asking (no outcome reaches http_request)
+            # and /readyz says not ready: so does the gauge, until a probe answers again.
+            self.backend_ready(backend, False)
 
     # --- exposition ---------------------------------------------------------------------
 

@@ -318,9 +318,10 @@ def test_a_scrape_runs_the_readiness_probe_that_sets_backend_up() -> None:
     calls = []
 
     def ready() -> tuple[bool, str]:
+        # What Bridge.ready does: one probe per backend, reported by the DICOMweb client.
         calls.append(1)
         for name, ok in answers.items():
-            metrics.backend_ready(name, ok)
+            metrics.http_request(name, "probe", "200" if ok else "connect_error", 0.01)
         return all(answers.values()), "archive: refused"
 
     server = OpsServer("127.0.0.1:0", metrics, ready, ready_cache_s=0)
@@ -334,6 +335,23 @@ def test_a_scrape_runs_the_readiness_probe_that_sets_backend_up() -> None:
         assert len(calls) == 2
     finally:
         server.stop()
+
+
+def test_backend_up_follows_probes_and_the_circuit_breaker() -> None:
+    m = Metrics()
+    m.http_request("pacs", "qido", "503", 0.1)  # not a probe: no opinion
+    assert m.registry.get_sample_value("dimse_bridge_backend_up", {"backend": "pacs"}) is None
+    m.http_request("pacs", "probe", "200", 0.1)
+    assert value(m, "dimse_bridge_backend_up", backend="pacs") == 1
+    m.http_request("pacs", "probe", "cancelled", 5.0)  # no answer within the 5 s check
+    assert value(m, "dimse_bridge_backend_up", backend="pacs") == 0
+    m.http_request("pacs", "probe", "200", 0.1)
+    m.circuit_state("pacs", "open")  # probes now fail without asking: no outcome comes
+    assert value(m, "dimse_bridge_backend_up", backend="pacs") == 0
+    m.circuit_state("pacs", "half_open")
+    m.http_request("pacs", "probe", "200", 0.1)
+    m.circuit_state("pacs", "closed")
+    assert value(m, "dimse_bridge_backend_up", backend="pacs") == 1
 
 
 # --- HTTP outcome labels -------------------------------------------------------------------
