@@ -2,7 +2,7 @@
 
 ``dimse_event_handlers`` observes associations and DIMSE messages on the wire, so that
 association counts, DIMSE statuses and durations, sub-operation counts, C-CANCELs and
-aborts (by cause: bridge/dimse/adapter.py ``abort_cause``) are recorded without touching
+aborts (by cause: bridge/dimse/aborts.py) are recorded without touching
 the service handlers. Services are named from the service table
 (bridge/dimse/services.py); bridge/ops/metrics.py stays free of pynetdicom.
 """
@@ -20,6 +20,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.status import STATUS_PENDING, code_to_category
 
 from bridge.dimse import adapter
+from bridge.dimse.aborts import AbortCounter
 from bridge.dimse.services import CANCELLABLE_REQUESTS, RESPONSE_NAMES
 from bridge.ops.metrics import Metrics
 
@@ -52,10 +53,9 @@ class DimseObserver:
         self._started: weakref.WeakKeyDictionary[Association, float] = (
             weakref.WeakKeyDictionary()
         )
-        # Connections that sent an A-ASSOCIATE-RQ (a silent one ends by ARTIM), and
-        # associations whose abort has been counted (EVT_ABORTED may come twice).
+        # Connections that sent an A-ASSOCIATE-RQ (a silent one ends by ARTIM).
         self._requested: weakref.WeakSet[Association] = weakref.WeakSet()
-        self._aborts_counted: weakref.WeakSet[Association] = weakref.WeakSet()
+        self._aborts = AbortCounter(metrics)
         self.clock = time.monotonic
         # Every C-CANCEL and rejection series at 0 from the start (rate() needs a zero).
         cancellable = sorted(set(CANCELLABLE_REQUESTS.values()))
@@ -71,8 +71,7 @@ class DimseObserver:
             (evt.EVT_DIMSE_SENT, self.on_dimse_sent),
             (evt.EVT_DIMSE_RECV, self.on_dimse_recv),
             (evt.EVT_REQUESTED, self.on_requested),
-            (evt.EVT_ACSE_RECV, self.on_acse_recv),
-            (evt.EVT_ABORTED, self.on_aborted),
+            *self._aborts.handlers(),
             (evt.EVT_CONN_CLOSE, self.on_conn_closed),
         ]
 
@@ -132,26 +131,14 @@ class DimseObserver:
         with self._lock:
             self._requested.add(event.assoc)
 
-    def on_acse_recv(self, event: Any) -> None:  # Event declares no `primitive`
-        adapter.note_acse_received(event.assoc, event.primitive)
-
-    def on_aborted(self, event: Event) -> None:
-        with self._lock:
-            if event.assoc in self._aborts_counted:
-                return
-            self._aborts_counted.add(event.assoc)
-        self.metrics.association_aborted(adapter.abort_cause(event.assoc))
-
     def on_conn_closed(self, event: Event) -> None:
         """A connection that never sent an A-ASSOCIATE-RQ ends here, with no EVT_ABORTED:
         counted when pynetdicom's ARTIM timer closed it (not a probe that hung up)."""
         with self._lock:
-            if event.assoc in self._requested or event.assoc in self._aborts_counted:
+            if event.assoc in self._requested:
                 return
-            if not adapter.artim_expired(event.assoc):
-                return
-            self._aborts_counted.add(event.assoc)
-        self.metrics.association_aborted(adapter.ARTIM_TIMEOUT)
+        if adapter.artim_expired(event.assoc):
+            self._aborts.count(event.assoc, adapter.ARTIM_TIMEOUT)
 
 
 def _count(command: Any, keyword: str) -> int:

@@ -177,8 +177,9 @@ class Metrics:
         )
         self._aborts = Counter(
             "dimse_bridge_association_aborts_total",
-            "Associations (and connections that never sent an A-ASSOCIATE-RQ) ended by an "
-            "abort or a timeout instead of a release, by cause.",
+            "Associations ended by an abort or a timeout instead of a release, by cause: "
+            "those peers open (and connections that never sent an A-ASSOCIATE-RQ) and the "
+            "bridge's own C-MOVE and storage-commitment associations.",
             ["cause"],
             registry=r,
         )

@@ -8,11 +8,13 @@ exported yet). The same bridge also shows what those rules depend on: the durati
 histogram per service, ``dimse_bridge_backend_up`` for a backend that answers and one that
 does not, a C-GET served by the bridge's own decompression after Orthanc declined the
 transcoding (HTTP 500) counted as ``transcode_refused`` and not as an error, and a peer
-that does not answer a C-STORE sub-operation counted as a DIMSE timeout.
+that does not answer a C-STORE sub-operation counted as a DIMSE timeout, on the requester's
+C-GET association and on a C-MOVE sub-association alike.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,8 +27,12 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    MRImageStorage,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from tests.conftest import require_orthanc
 from tests.deploy.promql import NOT_YET_EXPORTED, alert_exprs, dashboard_exprs, metric_names
@@ -35,12 +41,14 @@ from tests.integration.dataset import make_ct_series, to_bytes
 from tests.integration.orthanc import OrthancServer
 from tests.integration.test_routing_ops import GET_MODEL, Metrics, c_find_studies, c_get_study
 from tests.integration.tools import free_port
-from tests.scu import c_get
+from tests.scu import c_get, c_move
 
 pytestmark = pytest.mark.integration
 
+MOVE_MODEL = StudyRootQueryRetrieveInformationModelMove
 DIMSE_TIMEOUT_S = 2.0  # the bridge's [move] dimse_timeout: also its C-GET sub-operations'
 BRIDGE_AE = "DIMSE_BRIDGE"
+SLOW_AE = "SLOWSCP"  # a C-MOVE destination that stalls on its first C-STORE
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,7 @@ class Observed:
     ct_study_uid: str
     ct_uids: tuple[str, ...]
     j2k: Dataset  # stored as JPEG 2000 Lossless, which Orthanc cannot transcode
+    slow_port: int  # where the bridge's [[peers]] entry SLOWSCP points
 
     def scrape_text(self) -> str:
         response = httpx.get(self.ops_url + "/metrics", timeout=10)
@@ -98,12 +107,14 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     try:
         assert server.upload_many([*(to_bytes(ds) for ds in ct), to_bytes(j2k)]) == 4
         ops = f"127.0.0.1:{free_port()}"
+        slow_port = free_port()
         config = bridge_config(
             server.dicomweb_url,
             free_port(),
             ops={"listen": ops},
             backends={"down": {"ae_title": "DOWN_GW", "url": f"http://127.0.0.1:{free_port()}/"}},
             move__dimse_timeout=DIMSE_TIMEOUT_S,
+            peers=[(SLOW_AE, "127.0.0.1", slow_port)],
         )
         bridge = start_bridge(config, workdir, name="dashboards-bridge")
         yield Observed(
@@ -112,6 +123,7 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             ct_study_uid=str(ct[0].StudyInstanceUID),
             ct_uids=tuple(str(ds.SOPInstanceUID) for ds in ct),
             j2k=j2k,
+            slow_port=slow_port,
         )
     finally:
         if bridge is not None:
@@ -233,6 +245,52 @@ def test_a_peer_that_does_not_answer_a_c_store_is_a_dimse_timeout(observed: Obse
     after = observed.metrics_when(
         lambda m: m.value(name, cause="dimse_timeout") > before.value(name, cause="dimse_timeout")
     )
+    for cause in ("dimse_timeout", "peer_abort", "connection_lost", "bridge_abort"):
+        expected = 1 if cause == "dimse_timeout" else 0
+        assert after.value(name, cause=cause) - before.value(name, cause=cause) == expected, cause
+
+
+def test_a_c_move_destination_that_does_not_answer_is_a_dimse_timeout(
+    observed: Observed,
+) -> None:
+    """The C-MOVE destination's C-STORE handler takes twice the bridge's DIMSE timeout:
+    the bridge aborts its own sub-association, counted as dimse_timeout."""
+    release = threading.Event()
+
+    def handle_store(event: Any) -> int:
+        release.wait(DIMSE_TIMEOUT_S * 2)
+        return 0x0000
+
+    destination = AE(ae_title=SLOW_AE)
+    destination.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    server = destination.start_server(
+        ("127.0.0.1", observed.slow_port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, handle_store)],
+    )
+    assert server is not None
+    before = observed.settled()
+    name = "dimse_bridge_association_aborts_total"
+    try:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = observed.ct_study_uid
+        outcome = c_move(
+            AE(ae_title="MOVESCU"),
+            ("127.0.0.1", observed.bridge.port, BRIDGE_AE),
+            query,
+            SLOW_AE,
+            MOVE_MODEL,
+        )
+        assert outcome.status != 0x0000, outcome.final
+        after = observed.metrics_when(
+            lambda m: (
+                m.value(name, cause="dimse_timeout") > before.value(name, cause="dimse_timeout")
+            )
+        )
+    finally:
+        release.set()
+        server.shutdown()
     for cause in ("dimse_timeout", "peer_abort", "connection_lost", "bridge_abort"):
         expected = 1 if cause == "dimse_timeout" else 0
         assert after.value(name, cause=cause) - before.value(name, cause=cause) == expected, cause
