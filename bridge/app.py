@@ -53,6 +53,8 @@ class Bridge:
         self.loop.start()
         config = self.config
         self.clients = self.loop.call(_make_clients(self))
+        for backend in self.backends:
+            self.metrics.backend_configured(backend.name)
         default, *named = self.backends
         self.context = BridgeContext(
             config=config,

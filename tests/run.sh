@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one command that installs the test prerequisites and runs the whole suite:
 #   system packages (Orthanc + DICOMweb plugin + dcmtk + GDCM's gdcmscu; podman, runc,
-#   mmdebstrap for the container test) when missing, a venv in .venv with the package and
-#   its [test] extra, then ruff, mypy and pytest (arguments go to pytest).
+#   mmdebstrap for the container test; prometheus for promtool) when missing, a venv in
+#   .venv with the package and its [test] extra, then ruff, mypy and pytest (arguments go
+#   to pytest).
 # Works from a clean Debian/Ubuntu checkout as root, or as a user with sudo.
 set -euo pipefail
 
@@ -89,6 +90,27 @@ if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
         apt_install podman runc mmdebstrap
     else
         log "not root: podman, runc, mmdebstrap not installed; the container test will skip"
+    fi
+fi
+
+# promtool (Debian's prometheus package) runs the unit tests of the alert rules
+# (tests/deploy/test_alerts.py). The package's service is kept from starting, as Orthanc's.
+if ! command -v promtool >/dev/null 2>&1; then
+    log "installing prometheus (for promtool)"
+    policy_made=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        policy_made=1
+    fi
+    status=0
+    apt_install prometheus || status=$?
+    if [ "$policy_made" -eq 1 ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
+    if [ "$status" -ne 0 ]; then
+        log "apt-get install prometheus failed (status $status)"
+        exit "$status"
     fi
 fi
 

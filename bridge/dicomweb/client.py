@@ -31,7 +31,7 @@ from bridge.dicomweb.multipart import (
     Part,
     boundary_from_content_type,
 )
-from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead, http_row
+from bridge.dicomweb.outcomes import fetch_as_stored_instead, http_row, metrics_label
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import parse_stow_response, part10_body
@@ -186,9 +186,10 @@ Observer = Callable[[str, str, str, float], None]
 T = TypeVar("T")
 
 
-def outcome_of(error: DicomwebError) -> str:
-    """The metrics outcome label of a failed exchange (an HTTP status, or what broke)."""
-    return classify(error).label
+def outcome_of(error: DicomwebError, *, transcoding: bool = False) -> str:
+    """The metrics outcome label of a failed exchange (an HTTP status, or what broke;
+    ``transcode_refused`` for a declined transcoding: bridge/dicomweb/outcomes.py)."""
+    return metrics_label(error, transcoding=transcoding)
 
 
 _NO_RETRY = RetryPolicy(max_retries=0)
@@ -249,14 +250,21 @@ class DicomwebClient:
         # Every request, probe included, goes through it (off unless given one).
         self.breaker = breaker or CircuitBreaker(threshold=0, backend=backend)
 
-    async def _observed(self, kind: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run one HTTP exchange, reporting its outcome and duration to the observer."""
+    async def _observed(
+        self, kind: str, attempt: Callable[[], Awaitable[T]], *, transcoding: bool = False
+    ) -> T:
+        """Run one HTTP exchange, reporting its outcome and duration to the observer
+        (`transcoding`: a WADO-RS request for a syntax the server may decline to make)."""
         started = time.monotonic()
         outcome = "200"
         try:
             result = await attempt()
+            if isinstance(result, httpx.Response) and not result.is_success:
+                # An answer the caller reads as a verdict (STOW-RS) rather than raising:
+                # still an HTTP error, and labelled as one.
+                outcome = http_row(result.status_code).label
         except DicomwebError as exc:
-            outcome = outcome_of(exc)
+            outcome = outcome_of(exc, transcoding=transcoding)
             raise
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -266,10 +274,17 @@ class DicomwebClient:
                 self.observer(self.backend, kind, outcome, time.monotonic() - started)
         return result
 
-    async def _read(self, kind: str, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _read(
+        self,
+        kind: str,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        transcoding: bool = False,
+    ) -> T:
         """An idempotent read, retried as RetryPolicy allows."""
         return await retrying(
-            lambda: self._observed(kind, attempt),
+            lambda: self._observed(kind, attempt, transcoding=transcoding),
             self.policy,
             idempotent=True,
             what=what,
@@ -327,7 +342,9 @@ class DicomwebClient:
         """WADO-RS one instance as a Part 10 file, in `transfer_syntax` (``*`` = as stored)."""
         url = self.instance_url(ref)
         accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
-        parts = await self._get_multipart(url, accept)
+        # Any syntax but "*" may need a transcoding the server declines: every caller then
+        # falls back (as stored, or a local conversion), so the refusal is not an error.
+        parts = await self._get_multipart(url, accept, transcoding=transfer_syntax != ANY_SYNTAX)
         if len(parts) != 1:
             raise DicomwebProtocolError(
                 f"WADO-RS instance answer has {len(parts)} parts instead of 1"
@@ -370,8 +387,15 @@ class DicomwebClient:
         )
         return [part.content for part in await self._get_multipart(url, accept)]
 
-    async def _get_multipart(self, url: str, accept: str) -> list[Part]:
-        return await self._read("wado", "WADO-RS", lambda: self._get_multipart_once(url, accept))
+    async def _get_multipart(
+        self, url: str, accept: str, *, transcoding: bool = False
+    ) -> list[Part]:
+        return await self._read(
+            "wado",
+            "WADO-RS",
+            lambda: self._get_multipart_once(url, accept),
+            transcoding=transcoding,
+        )
 
     async def _get_multipart_once(self, url: str, accept: str) -> list[Part]:
         """GET a multipart/related resource and decode it while it streams in."""

@@ -16,16 +16,22 @@ Each outcome (an HTTP status, or the bridge error a transport failure became) ha
 - ``as_stored``: a WADO-RS request for a transfer syntax that failed this way is asked
   again for the instance as stored: the server cannot transcode this instance (406), or
   failed trying to (5xx; Orthanc answers 500 for a syntax it cannot convert from).
+- ``transcode_refused``: on a WADO-RS request that asked for a transfer syntax, this
+  answer means "cannot transcode this one" rather than trouble, so its metrics label is
+  ``"transcode_refused"`` (``TRANSCODE_REFUSED_LABEL``), not the status: the bridge then
+  fetches the instance as stored or converts it locally, and an error-rate alert must
+  not count it. Gateway errors (502, 503, 504) keep their status: they say nothing
+  about transcoding.
 
 ::
 
     outcome                          busy  retry  breaker      label            as_stored
     HTTP 429                         yes   yes    reachable    "429"            no
-    HTTP 500, 501, 505 and above     yes   no     reachable    "500"...         yes
+    HTTP 500, 501, 505 and above     yes   no     reachable    "500"...         yes (*)
     HTTP 502, 504                    yes   yes    unreachable  "502", "504"     yes
     HTTP 503 without Retry-After     yes   yes    unreachable  "503"            yes
     HTTP 503 with Retry-After        yes   yes    reachable    "503"            yes
-    HTTP 406                         no    no     reachable    "406"            yes
+    HTTP 406                         no    no     reachable    "406"            yes (*)
     HTTP 401, 403 (refused)          no    no     reachable    "401", "403"     no
     any other HTTP status            no    no     reachable    the status       no
     circuit open (not asked)         yes   no     unreachable  "connect_error"  no
@@ -36,6 +42,8 @@ Each outcome (an HTTP status, or the bridge error a transport failure became) ha
     answer cut short                 no    yes    neither      "protocol_error" no
     answer not understood            no    no     neither      "protocol_error" no
     any other DicomwebError          no    no     neither      "error"          no
+
+    (*) transcode_refused too: labelled "transcode_refused" on a transcoding request.
 """
 
 from __future__ import annotations
@@ -70,6 +78,7 @@ class Row:
     label: str
     as_stored: bool = False
     refused: bool = False
+    transcode_refused: bool = False
 
 
 _R, _U, _N = Outcome.REACHABLE, Outcome.UNREACHABLE, Outcome.NEITHER
@@ -81,11 +90,15 @@ _HTTP: dict[int, Row] = {
     502: Row(busy=True, retry=True, breaker=_U, label="502", as_stored=True),
     503: Row(busy=True, retry=True, breaker=_U, label="503", as_stored=True),
     504: Row(busy=True, retry=True, breaker=_U, label="504", as_stored=True),
-    406: Row(busy=False, retry=False, breaker=_R, label="406", as_stored=True),
+    406: Row(
+        busy=False, retry=False, breaker=_R, label="406", as_stored=True, transcode_refused=True
+    ),
     401: Row(busy=False, retry=False, breaker=_R, label="401", refused=True),
     403: Row(busy=False, retry=False, breaker=_R, label="403", refused=True),
 }
-_SERVER_ERROR = Row(busy=True, retry=False, breaker=_R, label="", as_stored=True)
+_SERVER_ERROR = Row(
+    busy=True, retry=False, breaker=_R, label="", as_stored=True, transcode_refused=True
+)
 _CLIENT_ERROR = Row(busy=False, retry=False, breaker=_R, label="")
 # A 503 that says when to come back comes from a live server (breaker.py).
 _BUSY_WITH_RETRY_AFTER = Row(busy=True, retry=True, breaker=_R, label="503", as_stored=True)
@@ -101,6 +114,9 @@ OTHER = Row(busy=False, retry=False, breaker=_N, label="error")
 # A 2xx answer.
 SUCCESS = Row(busy=False, retry=False, breaker=_R, label="200")
 
+TRANSCODE_REFUSED_LABEL = "transcode_refused"
+"""The metrics outcome of a transcoding request the server declined (``transcode_refused``)."""
+
 
 def http_row(status_code: int, *, retry_after: bool = False) -> Row:
     """The row of an HTTP error status (`retry_after`: the answer carried Retry-After)."""
@@ -113,7 +129,15 @@ def http_row(status_code: int, *, retry_after: bool = False) -> Row:
 
 
 def _labelled(row: Row, status_code: int) -> Row:
-    return Row(row.busy, row.retry, row.breaker, str(status_code), row.as_stored, row.refused)
+    return Row(
+        row.busy,
+        row.retry,
+        row.breaker,
+        str(status_code),
+        row.as_stored,
+        row.refused,
+        row.transcode_refused,
+    )
 
 
 def classify(error: DicomwebError | None) -> Row:
@@ -133,6 +157,15 @@ def classify(error: DicomwebError | None) -> Row:
     if isinstance(error, DicomwebProtocolError):
         return CUT_SHORT if error.transient else NOT_UNDERSTOOD
     return OTHER
+
+
+def metrics_label(error: DicomwebError | None, *, transcoding: bool = False) -> str:
+    """The metrics outcome label of one exchange; `transcoding`: the request asked the
+    server for a transfer syntax other than the one stored (``transcode_refused``)."""
+    row = classify(error)
+    if transcoding and row.transcode_refused:
+        return TRANSCODE_REFUSED_LABEL
+    return row.label
 
 
 def is_retryable(error: DicomwebError, *, idempotent: bool) -> bool:

@@ -44,6 +44,15 @@ comment are small edits through it), and ``replacing_send_c_store`` the one of
 ``send_c_store`` (sub-operation results, the encoded fast path). Socket options, the
 calling AE title of an opening association and the sending of a DIMSE message outside
 ``send_*`` are here too.
+
+**Why an association was aborted is remembered, not guessed afterwards.** pynetdicom
+fires the same EVT_ABORTED for an A-ABORT the peer sent, a lost connection and an abort
+the bridge sent, and says nothing about why the bridge sent one. ``abort_cause`` tells
+them apart: the primitive the peer's side delivered (``note_acse_received``, from
+EVT_ACSE_RECV, which pynetdicom fires just before EVT_ABORTED), ``_sent_abort`` for the
+bridge's own, a cause marked by the code that aborts (``abort(assoc, cause)``: shutdown;
+``wait_response`` running out of time: DIMSE timeout), and the idle timer (the reactor
+aborts when it expires).
 """
 
 from __future__ import annotations
@@ -54,10 +63,12 @@ import queue
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pydicom import Dataset
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 from pynetdicom.timer import Timer
 
 LOGGER = logging.getLogger(__name__)
@@ -327,6 +338,9 @@ def wait_response(
             return None, None
         step = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
         if step <= 0:
+            # The caller aborts the association next (``response_status``, pynetdicom's
+            # own send_*): that abort is a DIMSE timeout.
+            _mark(assoc, DIMSE_TIMEOUT)
             return None, None
         try:
             item: tuple[int | None, Any] = assoc.dimse.msg_queue.get(timeout=step)
@@ -455,3 +469,69 @@ def replacing_send_c_store(
     finally:
         with contextlib.suppress(AttributeError):
             del assoc.send_c_store
+
+
+# --- why an association ended in an abort ------------------------------------------------
+
+# The causes abort_cause returns: the ``cause`` label values of
+# dimse_bridge_association_aborts_total (bridge/ops/metrics.py ABORT_CAUSES lists them).
+PEER_ABORT = "peer_abort"
+CONNECTION_LOST = "connection_lost"
+BRIDGE_ABORT = "bridge_abort"
+IDLE_TIMEOUT = "idle_timeout"
+ARTIM_TIMEOUT = "artim_timeout"
+DIMSE_TIMEOUT = "dimse_timeout"
+SHUTDOWN = "shutdown"
+
+# Association → the last cause marked for an abort the bridge sends, or the primitive the
+# peer's side delivered. Weak: an association's entry goes with it.
+_causes: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_received: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_causes_lock = threading.Lock()
+
+
+def _mark(assoc: Any, cause: str) -> None:
+    # The latest wins: a DIMSE timeout nobody acted on must not name a later abort.
+    with _causes_lock:
+        _causes[assoc] = cause
+
+
+def abort(assoc: Any, cause: str) -> None:
+    """Send an A-ABORT on `assoc` (blocking, as ``Association.abort()``), for `cause`."""
+    _mark(assoc, cause)
+    assoc.abort()
+
+
+def note_acse_received(assoc: Any, primitive: Any) -> None:
+    """EVT_ACSE_RECV: remember an A-ABORT or A-P-ABORT from the peer's side, which the
+    reactor takes off the queue just before it fires EVT_ABORTED."""
+    if isinstance(primitive, A_ABORT):
+        received = PEER_ABORT
+    elif isinstance(primitive, A_P_ABORT):
+        # The connection closed (or the peer broke the protocol) without an A-ABORT.
+        received = CONNECTION_LOST
+    else:
+        return
+    with _causes_lock:
+        _received.setdefault(assoc, received)
+
+
+def abort_cause(assoc: Any) -> str:
+    """Why `assoc` was aborted (call from EVT_ABORTED): one of the causes above."""
+    with _causes_lock:
+        marked, received = _causes.get(assoc), _received.get(assoc)
+    if getattr(assoc, "_sent_abort", False):
+        if marked is not None:
+            return marked
+        timer = assoc.dul._idle_timer
+        # The reactor aborts when the idle timer has expired, and nothing restarts it.
+        if timer.expired:
+            return IDLE_TIMEOUT
+        return BRIDGE_ABORT
+    return received if received is not None else CONNECTION_LOST
+
+
+def artim_expired(assoc: Any) -> bool:
+    """The connection's ARTIM timer ran out (checked on EVT_CONN_CLOSE): on a connection
+    that never sent an A-ASSOCIATE-RQ, that is why pynetdicom closed it."""
+    return bool(assoc.dul.artim_timer.expired)

@@ -24,6 +24,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
 from bridge.dimse import adapter, sop
+from bridge.dimse.aborts import abort_handlers
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
 from bridge.models import QidoQuery, QidoResource
@@ -236,7 +237,7 @@ def _send_on_new(
         ae_title=ae_title,
         # On its own association the commitment SCP is the one that proposes the SCP role.
         ext_neg=[build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)],
-        evt_handlers=[(evt.EVT_CONN_OPEN, _prepare)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, _prepare), *abort_handlers(ctx.metrics)],
     )
     if not assoc.is_established:
         LOGGER.error(

@@ -28,6 +28,7 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from bridge.dimse import adapter, sop
+from bridge.dimse.aborts import abort_handlers
 from bridge.dimse.context import BridgeContext, CancelWatch
 from bridge.dimse.find import unsupported_sop_class
 from bridge.dimse.refusal import refusing
@@ -131,7 +132,8 @@ def handle_move(
     move = ctx.config.move
     sub = _SubAssociation(move.calling_ae_title or ctx.config.dimse.ae_title)
     kwargs: dict[str, Any] = {
-        "evt_handlers": [(evt.EVT_CONN_OPEN, sub.on_open)],
+        # Its aborts are counted too: a destination that stops answering is a DIMSE timeout.
+        "evt_handlers": [(evt.EVT_CONN_OPEN, sub.on_open), *abort_handlers(ctx.metrics)],
         "contexts": move_contexts(refs) or [build_context(sop.VERIFICATION)],
     }
     with _comment_on_refusal(

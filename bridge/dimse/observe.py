@@ -1,14 +1,16 @@
 """pynetdicom's association and DIMSE-message events, read into plain Metrics calls.
 
 ``dimse_event_handlers`` observes associations and DIMSE messages on the wire, so that
-association counts, DIMSE statuses, sub-operation counts and C-CANCELs are recorded
-without touching the service handlers. Services are named from the service table
+association counts, DIMSE statuses and durations, sub-operation counts, C-CANCELs and
+aborts (by cause: bridge/dimse/aborts.py) are recorded without touching
+the service handlers. Services are named from the service table
 (bridge/dimse/services.py); bridge/ops/metrics.py stays free of pynetdicom.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import Any
 
@@ -17,6 +19,8 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.status import STATUS_PENDING, code_to_category
 
+from bridge.dimse import adapter
+from bridge.dimse.aborts import AbortCounter
 from bridge.dimse.services import CANCELLABLE_REQUESTS, RESPONSE_NAMES
 from bridge.ops.metrics import Metrics
 
@@ -44,6 +48,18 @@ class DimseObserver:
         self._last_request: weakref.WeakKeyDictionary[Association, str] = (
             weakref.WeakKeyDictionary()
         )
+        # When the request being served on each association arrived (one at a time), for
+        # the duration histogram; taken by its final response.
+        self._started: weakref.WeakKeyDictionary[Association, float] = (
+            weakref.WeakKeyDictionary()
+        )
+        # Connections that sent an A-ASSOCIATE-RQ (a silent one ends by ARTIM).
+        self._requested: weakref.WeakSet[Association] = weakref.WeakSet()
+        self._aborts = AbortCounter(metrics)
+        self.clock = time.monotonic
+        # Every C-CANCEL and rejection series at 0 from the start (rate() needs a zero).
+        cancellable = sorted(set(CANCELLABLE_REQUESTS.values()))
+        metrics.expect(cancels=cancellable, rejections=REJECTION_REASONS)
 
     def handlers(self) -> list[EventHandlerType]:
         return [
@@ -54,6 +70,9 @@ class DimseObserver:
             (evt.EVT_CONN_CLOSE, self.on_ended),
             (evt.EVT_DIMSE_SENT, self.on_dimse_sent),
             (evt.EVT_DIMSE_RECV, self.on_dimse_recv),
+            (evt.EVT_REQUESTED, self.on_requested),
+            *self._aborts.handlers(),
+            (evt.EVT_CONN_CLOSE, self.on_conn_closed),
         ]
 
     def on_established(self, event: Event) -> None:
@@ -82,6 +101,10 @@ class DimseObserver:
         if status is None or code_to_category(int(status)) == STATUS_PENDING:
             return
         self.metrics.dimse_request(service, int(status))
+        with self._lock:
+            started = self._started.pop(event.assoc, None)
+        if started is not None:
+            self.metrics.dimse_duration(service, int(status), self.clock() - started)
         if service in _SUBOP_SERVICES:
             self.metrics.suboperations(
                 service,
@@ -93,6 +116,9 @@ class DimseObserver:
     def on_dimse_recv(self, event: Event) -> None:
         command = event.message.command_set
         field = int(command.get("CommandField", 0) or 0)
+        if (field | 0x8000) in RESPONSE_NAMES and not field & 0x8000:  # a request we serve
+            with self._lock:
+                self._started[event.assoc] = self.clock()
         if field in CANCELLABLE_REQUESTS:
             with self._lock:
                 self._last_request[event.assoc] = CANCELLABLE_REQUESTS[field]
@@ -101,10 +127,32 @@ class DimseObserver:
                 service = self._last_request.get(event.assoc, "unknown")
             self.metrics.cancelled(service)
 
+    def on_requested(self, event: Event) -> None:
+        with self._lock:
+            self._requested.add(event.assoc)
+
+    def on_conn_closed(self, event: Event) -> None:
+        """A connection that never sent an A-ASSOCIATE-RQ ends here, with no EVT_ABORTED:
+        counted when pynetdicom's ARTIM timer closed it (not a probe that hung up)."""
+        with self._lock:
+            if event.assoc in self._requested:
+                return
+        if adapter.artim_expired(event.assoc):
+            self._aborts.count(event.assoc, adapter.ARTIM_TIMEOUT)
+
 
 def _count(command: Any, keyword: str) -> int:
     value = command.get(keyword)
     return int(value) if value is not None else 0
+
+
+REJECTION_REASONS = (
+    "too_many_associations",
+    "called_ae_not_recognized",
+    "calling_ae_not_recognized",
+    "other",
+)
+"""Every value ``rejection_reason`` returns."""
 
 
 def rejection_reason(assoc: Any) -> str:

@@ -165,7 +165,7 @@ class DimseServer:
         for server in self.servers:
             for assoc in _working(server):
                 LOGGER.warning("aborting association with %s at shutdown", assoc.requestor.ae_title)
-                assoc.abort()
+                adapter.abort(assoc, adapter.SHUTDOWN)
         self.servers = []
 
 

@@ -9,7 +9,11 @@ request cannot make the liveness probe fail.
 - ``/readyz``: the ``ready()`` callable (a QIDO-RS probe of the DICOMweb server in the
   bridge), cached for a couple of seconds by ``CachedProbe`` so that several probers
   (kubelet, load balancers, people with curl) do not each hit the DICOMweb server.
-- ``/metrics``: the Prometheus text exposition of ``Metrics``.
+- ``/metrics``: the Prometheus text exposition of ``Metrics``. The readiness check runs
+  first (through the same cache), so that ``dimse_bridge_backend_up`` (set from the
+  probes' outcomes) is fresh on every scrape even where nothing probes /readyz
+  (systemd); with a backend that does not answer, a scrape waits for its probe's
+  timeout (5 s).
 """
 
 from __future__ import annotations
@@ -114,6 +118,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/metrics":
+            try:
+                self.server.ready()  # refreshes dimse_bridge_backend_up (module docstring)
+            except Exception:
+                LOGGER.debug("readiness check before a scrape failed", exc_info=True)
             body, content_type = self.server.metrics.render()
             self._send(200, body, content_type)
         elif path == "/healthz":

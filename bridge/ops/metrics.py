@@ -18,6 +18,7 @@ reported by the DICOMweb client itself (its ``observer``, bound to
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +27,7 @@ from prometheus_client import (
     GCCollector,
     Histogram,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -41,6 +43,37 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # multi-frame instance or a STOW-RS upload can take most of dicomweb.timeout (30 s by
 # default) or longer when the body streams slowly, hence buckets up to two minutes.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+# DIMSE operation durations: a C-ECHO takes a millisecond or two, a C-FIND tens of
+# milliseconds, a C-STORE as long as its STOW-RS upload, and a C-GET or C-MOVE of a large
+# study many minutes: millisecond buckets at the bottom, up to an hour at the top.
+DIMSE_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+
+# Why an association (or a connection that never became one) ended other than by an
+# orderly release: the ``cause`` label of dimse_bridge_association_aborts_total. Every
+# cause is exported from the start, at 0, so that rate() and increase() see a zero
+# before the first one. bridge/dimse/adapter.py ``abort_cause`` decides which applies.
+ABORT_CAUSES = (
+    "peer_abort",  # the peer sent an A-ABORT
+    "connection_lost",  # the connection closed without A-ABORT or A-RELEASE (A-P-ABORT)
+    "bridge_abort",  # the bridge sent an A-ABORT for a reason other than those below
+    "idle_timeout",  # dimse.network_timeout of silence from a peer the bridge owed nothing
+    "artim_timeout",  # a connection that sent no A-ASSOCIATE-RQ within the ACSE timeout
+    "dimse_timeout",  # a peer that did not answer a DIMSE request (a C-GET's C-STORE)
+    "shutdown",  # still running when dimse.shutdown_timeout ran out at shutdown
+)
+
+# The outcome label of a 2xx answer (bridge/dicomweb/outcomes.py SUCCESS).
+SUCCESS_OUTCOME = "200"
+
+# prometheus_client exports a *_created series next to every counter and histogram by
+# default: twice the series, and no alert or dashboard reads them. The switch is process
+# wide; the bridge has no other use for them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 
 def status_label(status: int) -> str:
     """The status as the label value ``0x0000``: the notation of PS3.7 and the README."""
@@ -134,6 +167,31 @@ class Metrics:
             ["service"],
             registry=r,
         )
+        self._dimse_seconds = Histogram(
+            "dimse_bridge_dimse_request_seconds",
+            "Duration of DIMSE requests, from the request's arrival to its final response, "
+            "by service and final status category (success, warning, failure, cancel).",
+            ["service", "category"],
+            buckets=DIMSE_BUCKETS,
+            registry=r,
+        )
+        self._aborts = Counter(
+            "dimse_bridge_association_aborts_total",
+            "Associations ended by an abort or a timeout instead of a release, by cause: "
+            "those peers open (and connections that never sent an A-ASSOCIATE-RQ) and the "
+            "bridge's own C-MOVE and storage-commitment associations.",
+            ["cause"],
+            registry=r,
+        )
+        self._backend_up = Gauge(
+            "dimse_bridge_backend_up",
+            "1 when the DICOMweb backend answered its last readiness probe (QIDO-RS), 0 when "
+            "that failed or its circuit breaker is open.",
+            ["backend"],
+            registry=r,
+        )
+        for cause in ABORT_CAUSES:
+            self._aborts.labels(cause)
         # Both outcomes exist from the start so that rate() and absent() work on a bridge
         # that has not yet rejected anyone.
         for outcome in ("accepted", "rejected"):
@@ -156,6 +214,22 @@ class Metrics:
             # Clamped: a stray extra close must not leave the gauge negative for good.
             self._active = max(0, self._active - 1)
             self._associations_active.set(self._active)
+
+    def expect(self, *, cancels: Iterable[str] = (), rejections: Iterable[str] = ()) -> None:
+        """Export the C-CANCEL counters of `cancels` (service names) and the rejection
+        counters of `rejections` (reasons) at 0 before the first one, so that rate() and
+        dashboards see a series from the start."""
+        for service in cancels:
+            self._cancels.labels(service)
+        for reason in rejections:
+            self._rejections.labels(reason)
+
+    def backend_configured(self, backend: str) -> None:
+        """Export `backend`'s circuit-breaker series (closed, no openings) from the start."""
+        self._circuit_openings.labels(backend)
+        self._circuit_open.labels(backend).set(
+            1 if self._circuit_states.get(backend, "closed") != "closed" else 0
+        )
 
     def association_rejected(self, reason: str) -> None:
         """An association request was answered with A-ASSOCIATE-RJ for `reason`."""
@@ -188,12 +262,33 @@ class Metrics:
         """A C-CANCEL arrived for a running request of `service`."""
         self._cancels.labels(service).inc()
 
+    def dimse_duration(self, service: str, status: int, seconds: float) -> None:
+        """A request of `service` got its final `status` `seconds` after it arrived."""
+        self._dimse_seconds.labels(service, status_category(status)).observe(max(0.0, seconds))
+
+    def association_aborted(self, cause: str) -> None:
+        """An association ended by abort or timeout, for `cause` (one of ABORT_CAUSES;
+        anything else is counted as bridge_abort rather than growing the label set)."""
+        self._aborts.labels(cause if cause in ABORT_CAUSES else "bridge_abort").inc()
+
+    # --- backends -----------------------------------------------------------------------
+
+    def backend_ready(self, backend: str, ready: bool) -> None:
+        """DICOMweb `backend` answered its readiness probe (`ready`), or not."""
+        self._backend_up.labels(backend).set(1 if ready else 0)
+
     # --- HTTP ---------------------------------------------------------------------------
 
     def http_request(self, backend: str, kind: str, outcome: str, seconds: float) -> None:
-        """One HTTP request to DICOMweb `backend` ended with `outcome` after `seconds`."""
+        """One HTTP request to DICOMweb `backend` ended with `outcome` after `seconds`.
+
+        A ``probe`` is the readiness probe (/readyz, and a scrape, run it; so does the
+        start-up check): its outcome is the backend's ``dimse_bridge_backend_up``. One
+        cancelled did not answer within the readiness check's 5 s: down too."""
         self._http.labels(backend, kind, outcome).inc()
         self._http_seconds.labels(backend, kind).observe(max(0.0, seconds))
+        if kind == "probe":
+            self.backend_ready(backend, outcome == SUCCESS_OUTCOME)
 
     def circuit_state(self, backend: str, state: str) -> None:
         """`backend`'s circuit breaker went to `state` (closed, open, half_open)."""
@@ -202,6 +297,10 @@ class Metrics:
         if state == "open" and previous == "closed":
             self._circuit_openings.labels(backend).inc()
         self._circuit_open.labels(backend).set(0 if state == "closed" else 1)
+        if state == "open":
+            # The probe now fails at once without asking (no outcome reaches http_request)
+            # and /readyz says not ready: so does the gauge, until a probe answers again.
+            self.backend_ready(backend, False)
 
     # --- exposition ---------------------------------------------------------------------
 
