@@ -231,6 +231,9 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         value_lists=False,
         hierarchical_only=True,
         max_records=10_000,
+        # The search pages list no NumberOf*Related* among the returned elements: the
+        # bridge counts (always correct, a few more searches).
+        related_counts=False,
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE}),
         study_retrieve=False,
         wado_rate=50.0,
