@@ -254,11 +254,11 @@ class Pager:
         caps = self.capabilities
         if self.offset and caps.max_offset and self.offset > caps.max_offset:
             raise DicomwebPagingLimit(
-                f"the server cannot page past offset {caps.max_offset}: narrow the query"
+                f"server cannot page further (offset {caps.max_offset} max): narrow the query"
             )
         if self.offset and caps.max_records and self.offset >= caps.max_records:
             raise DicomwebPagingLimit(
-                f"the server lists at most {caps.max_records} records: narrow the query"
+                f"server cannot page further ({caps.max_records} records max): narrow the query"
             )
         limit = self.page_size
         if caps.max_records:

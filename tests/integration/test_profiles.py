@@ -226,6 +226,33 @@ def test_broad_query_past_max_results_is_a700_naming_a_key(
     assert "StudyTime" in got.comment and "add PatientID" in got.comment, got.comment
 
 
+def test_server_that_cannot_page_further_is_a700_not_a_short_answer(
+    proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A server that lists at most 5 records (AWS lists 10,000) holding 8 studies: the
+    C-FIND fails 0xA700 saying so, after the 5 it could list, rather than succeed."""
+    bridge = start_bridge(
+        bridge_config(
+            proxy.url + "/dicom-web",
+            free_port(),
+            page_size=3,
+            dicomweb={"profile": "aws"},
+            **{"dicomweb.capabilities": {"max_records": 5}},
+        ),
+        tmp_path,
+        name="profile-aws-records",
+    )
+    try:
+        got = pynetdicom_find(
+            bridge.port, BRIDGE_AET, [("QueryRetrieveLevel", "STUDY"), ("StudyInstanceUID", "")]
+        )
+    finally:
+        bridge.stop()
+    assert got.status == OUT_OF_RESOURCES, got
+    assert got.comment == "server cannot page further (5 records max): narrow the query"
+    assert got.statuses.count(PENDING) == 5
+
+
 # --------------------------------------------------------------------------- C-GET
 
 
@@ -265,16 +292,18 @@ def store(bridge: BridgeProcess, path: Path) -> int:
     return int(status.Status)
 
 
-def test_commitment_on_aws_finds_what_the_bridge_stored_and_fails_the_rest_safely(
-    proxy: FaultProxy, orthanc: OrthancFixture, tmp_path: Path
+@pytest.mark.parametrize("profile", ["aws", "azure"])
+def test_commitment_asks_only_what_the_server_answers(
+    profile: str, proxy: FaultProxy, orthanc: OrthancFixture, tmp_path: Path
 ) -> None:
-    """AWS searches instances only below their study and series. The bridge knows those
-    for what it stored itself (re-storing an instance Orthanc already holds leaves the
-    data unchanged); one it did not store cannot be searched and is reported failed."""
+    """Neither server takes SOP Instance UID lists. Each instance the bridge stored is
+    looked for in its series, with the study and series it recorded (re-storing an
+    instance Orthanc already holds leaves the data unchanged). Another one: Azure is
+    asked for it at /instances; AWS has no such resource, so it is reported failed."""
     bridge = start_bridge(
-        bridge_config(proxy.url + "/dicom-web", free_port(), dicomweb={"profile": "aws"}),
+        bridge_config(proxy.url + "/dicom-web", free_port(), dicomweb={"profile": profile}),
         tmp_path,
-        name="profile-aws-commit",
+        name=f"profile-{profile}-commit",
     )
     stored, unknown = orthanc.manifest.instances[0], orthanc.manifest.instances[-1]
     try:
@@ -286,16 +315,29 @@ def test_commitment_on_aws_finds_what_the_bridge_stored_and_fails_the_rest_safel
         bridge.stop()
     assert len(result.reports) == 1, bridge.log_tail()
     report = result.reports[0]
-    assert report.event_type == SOME_FAILED
-    assert listed(report.info, "ReferencedSOPSequence") == refs_of([stored])
-    assert listed(report.info, "FailedSOPSequence") == refs_of([unknown])
-    assert report.info.FailedSOPSequence[0].FailureReason == NO_SUCH_OBJECT_INSTANCE
     sent = [r.path for r in proxy.records()[since:]]
-    assert sent == [
+    limit = {"aws": 500, "azure": 200}[profile]
+    by_series = (
         f"/dicom-web/studies/{stored.StudyInstanceUID}/series/{stored.SeriesInstanceUID}"
-        "/instances?limit=500"
-    ], sent
-    assert ALL_COMMITTED != report.event_type
+        f"/instances?limit={limit}"
+    )
+    if profile == "aws":
+        assert report.event_type == SOME_FAILED
+        assert listed(report.info, "ReferencedSOPSequence") == refs_of([stored])
+        assert listed(report.info, "FailedSOPSequence") == refs_of([unknown])
+        assert report.info.FailedSOPSequence[0].FailureReason == NO_SUCH_OBJECT_INSTANCE
+        assert sent == [by_series], sent
+    else:
+        assert report.event_type == ALL_COMMITTED
+        assert sorted(listed(report.info, "ReferencedSOPSequence")) == sorted(
+            refs_of([stored, unknown])
+        )
+        assert sent == [
+            by_series,
+            f"/dicom-web/instances?SOPInstanceUID={unknown.SOPInstanceUID}"
+            f"&includefield=00080018&limit={limit}",
+        ], sent
+    assert_nothing_refused(proxy, caps_of(profile), since)
 
 
 def test_refusals_sees_what_each_profile_excludes() -> None:
