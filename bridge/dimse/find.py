@@ -154,9 +154,11 @@ def _counts_to_compute(plan: FindPlan, caps: Capabilities) -> frozenset[str]:
     if caps.related_counts:
         return frozenset()
     wanted = {keyword_for_tag(tag) for tag, _ in plan.keys} & COUNT_KEYWORDS
-    if plan.level is QueryLevel.PATIENT and wanted:
-        # A patient's counts are sums of its studies' counts (add_patient_counts).
-        wanted |= set(STUDY_COUNTS)
+    # A patient's series and instances are sums over its studies (add_patient_counts).
+    if "NumberOfPatientRelatedSeries" in wanted:
+        wanted.add("NumberOfStudyRelatedSeries")
+    if "NumberOfPatientRelatedInstances" in wanted:
+        wanted.add("NumberOfStudyRelatedInstances")
     return frozenset(wanted)
 
 
