@@ -90,7 +90,9 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
     # matching except StudyDate ranges and fuzzymatching=true on PatientName; limit up
     # to 5,000 (studies, series; 50,000 for instances: the smaller one is kept), offset
     # up to 1,000,000; no Warning header; the NumberOf*Related* counts are not listed
-    # among the returned attributes (computed by the bridge).
+    # among the returned attributes (computed by the bridge). (The copies of that page
+    # at hand when this was written end before its Search section: these values are the
+    # ones issue 11 quotes from it, not re-checked.)
     "google": Capabilities(
         study_search_keys=frozenset(
             {
