@@ -31,6 +31,8 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
 HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG2000 = "1.2.840.10008.1.2.4.91"
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,13 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         max_limit=5000,
         max_offset=1_000_000,
         related_counts=False,
+        # Same page, "Retrieve transaction": Accept transfer-syntax=*, 1.2.840.10008.1.2.1
+        # (the default), .4.50, .4.90 and .4.91. A duplicate STOW-RS with other content is
+        # a 409 whose FailureReason is 272 with an "already exists" FailureDetail
+        # (github.com/GoogleCloudPlatform/nodejs-docs-samples/issues/3502,
+        # github.com/dcmjs-org/dcmjs/issues/249); an identical one is a 200
+        # (healthcare-dicom-dicomweb-adapter, BackupUploadService.java).
+        retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG_BASELINE, JPEG2000_LOSSLESS, JPEG2000}),
     ),
     # https://learn.microsoft.com/azure/healthcare-apis/dicom/dicom-services-conformance-statement-v2
     "azure": Capabilities(
@@ -189,7 +198,12 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         empty_values=False,
         fuzzy_matching=True,
         max_limit=200,
+        # Same page, "Retrieve (WADO-RS)": Accept transfer-syntax=*, 1.2.840.10008.1.2.1 or
+        # 1.2.840.10008.1.2.4.90; "An unsupported transfer-syntax results in 406".
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG2000_LOSSLESS}),
+        # "Store (STOW-RS)": "Only transfer syntaxes with explicit Value Representations are
+        # accepted"; failure reason 45070 = already stored, 45071 = being created by
+        # another process; 202 = some stored, others failed or warned.
         stow_implicit_vr=False,
     ),
     # https://docs.aws.amazon.com/healthimaging/latest/devguide/dicomweb-search.html and
@@ -212,10 +226,17 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         value_lists=False,
         hierarchical_only=True,
         max_records=10_000,
+        # dicomweb-retrieve-instance.html: "in either its stored transfer syntax or as
+        # uncompressed (ELE) format"; series and instance resources only.
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE}),
         study_retrieve=False,
+        # throttling-limits.html: GetDICOMInstance, GetDICOMInstanceMetadata,
+        # GetDICOMInstanceFrames, GetDICOMSeriesMetadata 50 tps, burst 100.
         wado_rate=50.0,
         wado_burst=100,
+        # dicomweb-storing.html: StoreDICOM is synchronous, up to 1 GB per request; data
+        # whose metadata conflicts with a primary image set goes to a non-primary one,
+        # which QIDO-RS and WADO-RS (without imageSetId) do not show.
     ),
     # https://github.com/dcm4che/dcm4chee-arc-light/wiki (QIDO-RS): no fuzzymatching,
     # full paging.

@@ -32,6 +32,7 @@ from bridge.dicomweb.multipart import (
     boundary_from_content_type,
 )
 from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead, http_row
+from bridge.dicomweb.ratelimit import WadoRateLimit, wado_rate_limit
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import parse_stow_response, part10_body
@@ -467,9 +468,15 @@ class DicomwebClient:
         return f"QIDO-RS answered HTTP {response.status_code} ({len(results)} result, {server})"
 
 
-def make_http_client(config: DicomwebConfig, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
-    """The HTTP client of one backend: timeouts, connection cap, TLS and auth as configured."""
+def make_http_client(
+    config: DicomwebConfig,
+    auth: httpx.Auth | None = None,
+    rate_limit: WadoRateLimit | None = None,
+) -> httpx.AsyncClient:
+    """The HTTP client of one backend: timeouts, connection cap, TLS and auth as configured,
+    and the backend's WADO-RS rate limit (``ratelimit.py``) on its request path."""
     return httpx.AsyncClient(
+        event_hooks=rate_limit.event_hooks() if rate_limit is not None else None,
         # No pool timeout: waiting for one of the capped connections is not the server's
         # fault, and a cancel still interrupts the wait.
         timeout=httpx.Timeout(config.timeout, pool=None),
@@ -518,14 +525,18 @@ def make_client(
             "all_proxy",
         )
     )
-    if fast_http and auth is None and not proxied:
+    # One bucket per backend: this client serves every association to it.
+    caps = config.capabilities
+    rate_limit = wado_rate_limit(caps.wado_rate, caps.wado_burst)
+    # The lean GET is not under httpx's request path, so not under the rate limit either.
+    if fast_http and auth is None and not proxied and rate_limit is None:
         raw = RawGetter(
             timeout=config.timeout,
             ssl_context=tls_context(config),
             max_connections=config.max_connections,
         )
     return DicomwebClient(
-        make_http_client(config, auth),
+        make_http_client(config, auth, rate_limit),
         config.url,
         query_encoding=config.query_encoding,
         policy=policy,
