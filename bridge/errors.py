@@ -6,7 +6,8 @@
     ├── ConfigError                 invalid configuration (file, key, what was expected)
     ├── ListenError                 a listener (DIMSE, DICOM TLS, ops) cannot bind
     ├── TranslationError            an identifier the bridge cannot translate
-    │   └── InvalidIdentifier       missing/invalid level, keys that do not fit the level
+    │   ├── InvalidIdentifier       missing/invalid level, keys that do not fit the level
+    │   └── ReencodeError           a data set that cannot be re-encoded for the server
     └── DicomwebError               anything that went wrong talking to the DICOMweb server
         ├── DicomwebUnavailable     connection refused, DNS failure, reset before an answer
         │   └── DicomwebCircuitOpen the server was unreachable for several requests in a
@@ -51,6 +52,10 @@ class TranslationError(BridgeError):
 
 class InvalidIdentifier(TranslationError):
     """The request identifier is malformed or does not fit the query level / model."""
+
+
+class ReencodeError(TranslationError):
+    """A data set cannot be re-encoded as the DICOMweb server needs it (explicit VR)."""
 
 
 class DicomwebError(BridgeError):

@@ -45,6 +45,7 @@ from bridge.errors import (
     DicomwebUnavailable,
 )
 from bridge.models import InstanceRef, QidoPage, QidoQuery, StowResult
+from bridge.profiles import GENERIC, Capabilities
 
 LOGGER = logging.getLogger(__name__)
 
@@ -236,8 +237,11 @@ class DicomwebClient:
         raw: RawGetter | None = None,
         breaker: CircuitBreaker | None = None,
         page_size: int = DicomwebConfig.page_size,
+        capabilities: Capabilities = GENERIC,
     ) -> None:
         self.http = http
+        # What the server can do (bridge/profiles.py).
+        self.capabilities = capabilities
         # QIDO-RS limit of each page of search_pages.
         self.page_size = page_size
         # The lean GET for WADO-RS bulk data (bridge/dicomweb/rawget.py), when usable.
@@ -417,9 +421,10 @@ class DicomwebClient:
                 **_NO_GZIP,
             }
             with map_errors(url):
-                return await self.http.post(
-                    url, content=part10_body(path, encoder), headers=headers
+                body = part10_body(
+                    path, encoder, explicit_vr_only=not self.capabilities.stow_implicit_vr
                 )
+                return await self.http.post(url, content=body, headers=headers)
 
         # Not idempotent: retried only when no connection could be made at all.
         response = await retrying(
@@ -545,6 +550,7 @@ def make_client(
         raw=raw,
         breaker=breaker,
         page_size=config.page_size,
+        capabilities=config.capabilities,
     )
 
 
