@@ -73,6 +73,10 @@ class Capabilities:
     study_retrieve: bool = True
     # STOW-RS takes Implicit VR Little Endian data sets.
     stow_implicit_vr: bool = True
+    # STOW-RS may answer "stored" for an instance that queries then do not show (AWS
+    # files conflicting data in a non-primary image set): check with QIDO-RS after each
+    # store, and answer the C-STORE with a warning when the instance is not visible.
+    stow_verify: bool = False
     # WADO-RS requests per second to this server, all associations together (0 = no
     # limit), and the burst allowed above it.
     wado_rate: float = 0.0
@@ -237,6 +241,7 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         # dicomweb-storing.html: StoreDICOM is synchronous, up to 1 GB per request; data
         # whose metadata conflicts with a primary image set goes to a non-primary one,
         # which QIDO-RS and WADO-RS (without imageSetId) do not show.
+        stow_verify=True,
     ),
     # https://github.com/dcm4che/dcm4chee-arc-light/wiki (QIDO-RS): no fuzzymatching,
     # full paging.
