@@ -101,9 +101,13 @@ def raw_elements(ds: Dataset, prefix: str = "") -> dict[str, tuple[str, bytes]]:
             found[f"{prefix}{tag}"] = ("SQ", b"")
             for index, item in enumerate(elem.value):
                 found.update(raw_elements(item, f"{prefix}{tag}[{index}]."))
-        else:
-            value = raw.value if isinstance(raw, RawDataElement) else b""
-            found[f"{prefix}{tag}"] = (str(elem.VR), bytes(value or b""))
+        elif isinstance(raw, RawDataElement):
+            found[f"{prefix}{tag}"] = (str(elem.VR), bytes(raw.value or b""))
+        else:  # pydicom decodes a few on reading (Specific Character Set): their values
+            found[f"{prefix}{tag}"] = (
+                str(elem.VR),
+                b"" if elem.is_empty else repr(elem.value).encode(),
+            )
     return found
 
 
