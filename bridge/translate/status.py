@@ -183,10 +183,8 @@ def store_status(result: StowResult) -> Dataset:
     comment = {
         StowVerdict.DUPLICATE: f"already present on the DICOMweb server (HTTP {code}): "
         "not replaced",
-        StowVerdict.NOT_VISIBLE: "stored as non-primary: conflicts with server data, "
-        "not queryable",
-        StowVerdict.MISMATCH: f"server says the data set does not match its SOP "
-        f"class{reason_text}",
+        StowVerdict.NOT_VISIBLE: "stored as non-primary: conflicts with server data, not queryable",
+        StowVerdict.MISMATCH: f"server says the data set does not match its SOP class{reason_text}",
         StowVerdict.SOP_CLASS_NOT_SUPPORTED: "SOP class not supported by the server",
         StowVerdict.BUSY: f"DICOMweb server busy or failing: HTTP {code}{reason_text}",
         StowVerdict.REFUSED: f"DICOMweb authentication failed: HTTP {code}",
