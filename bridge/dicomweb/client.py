@@ -34,7 +34,7 @@ from bridge.dicomweb.multipart import (
     boundary_from_content_type,
 )
 from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead, http_row
-from bridge.dicomweb.ratelimit import WadoRateLimit, wado_rate_limit
+from bridge.dicomweb.ratelimit import install_wado_rate_limit
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import parse_stow_response, part10_body
@@ -255,6 +255,11 @@ class DicomwebClient:
         self.observer = observer
         # Every request, probe included, goes through it (off unless given one).
         self.breaker = breaker or CircuitBreaker(threshold=0, backend=backend)
+        # The backend's WADO-RS rate limit (ratelimit.py): one bucket on this client's
+        # request path, which every association to the backend shares.
+        self.rate_limit = install_wado_rate_limit(http, capabilities)
+        if self.rate_limit is not None:
+            self.raw = None  # the lean GET would bypass httpx's request path
 
     async def _observed(self, kind: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Run one HTTP exchange, reporting its outcome and duration to the observer."""
@@ -532,15 +537,9 @@ def _json_value(found: dict[str, Any], tag: str) -> str | None:
     return str(value)
 
 
-def make_http_client(
-    config: DicomwebConfig,
-    auth: httpx.Auth | None = None,
-    rate_limit: WadoRateLimit | None = None,
-) -> httpx.AsyncClient:
-    """The HTTP client of one backend: timeouts, connection cap, TLS and auth as configured,
-    and the backend's WADO-RS rate limit (``ratelimit.py``) on its request path."""
+def make_http_client(config: DicomwebConfig, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+    """The HTTP client of one backend: timeouts, connection cap, TLS and auth as configured."""
     return httpx.AsyncClient(
-        event_hooks=rate_limit.event_hooks() if rate_limit is not None else None,
         # No pool timeout: waiting for one of the capped connections is not the server's
         # fault, and a cancel still interrupts the wait.
         timeout=httpx.Timeout(config.timeout, pool=None),
@@ -589,18 +588,14 @@ def make_client(
             "all_proxy",
         )
     )
-    # One bucket per backend: this client serves every association to it.
-    caps = config.capabilities
-    rate_limit = wado_rate_limit(caps.wado_rate, caps.wado_burst)
-    # The lean GET is not under httpx's request path, so not under the rate limit either.
-    if fast_http and auth is None and not proxied and rate_limit is None:
+    if fast_http and auth is None and not proxied:
         raw = RawGetter(
             timeout=config.timeout,
             ssl_context=tls_context(config),
             max_connections=config.max_connections,
         )
     return DicomwebClient(
-        make_http_client(config, auth, rate_limit),
+        make_http_client(config, auth),
         config.url,
         query_encoding=config.query_encoding,
         policy=policy,

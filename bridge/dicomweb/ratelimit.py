@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from bridge.dicomweb.retry import parse_retry_after
+from bridge.profiles import Capabilities
 
 # The last path segment of a QIDO-RS search: /studies, /studies/{uid}/series, .../instances
 # (and /series, /instances at the root). Every other GET under /studies is WADO-RS: an
@@ -124,6 +125,16 @@ class WadoRateLimit:
         return {"request": [self.before_request], "response": [self.after_response]}
 
 
-def wado_rate_limit(rate: float, burst: int) -> WadoRateLimit | None:
-    """The rate limit of a backend whose capabilities say `rate`/`burst` (None: no limit)."""
-    return WadoRateLimit(TokenBucket(rate, burst)) if rate > 0 else None
+def install_wado_rate_limit(
+    http: httpx.AsyncClient, capabilities: Capabilities
+) -> WadoRateLimit | None:
+    """Put the rate limit the capabilities ask for (``wado_rate``, ``wado_burst``) on the
+    request path of a backend's one HTTP client; None when there is none."""
+    if capabilities.wado_rate <= 0:
+        return None
+    limit = WadoRateLimit(TokenBucket(capabilities.wado_rate, capabilities.wado_burst))
+    hooks = http.event_hooks
+    for kind, added in limit.event_hooks().items():
+        hooks[kind] = [*hooks.get(kind, []), *added]
+    http.event_hooks = hooks
+    return limit
