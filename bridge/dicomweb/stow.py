@@ -103,6 +103,22 @@ def _refers_to(item: Mapping[str, Any], sop_instance_uid: str) -> bool:
     return False
 
 
+def _texts(item: Mapping[str, Any]) -> str:
+    """Every text value of a FailedSOPSequence item, nested ones too (a server's own
+    words about the failure: Google puts "already exists" in a private FailureDetail)."""
+    found: list[str] = []
+    for element in item.values():
+        if not isinstance(element, Mapping):
+            continue
+        vr = element.get("vr")
+        for value in element.get("Value") or []:
+            if vr in ("LO", "LT", "ST", "UT", "SH", "UC") and isinstance(value, str):
+                found.append(value)
+            elif vr == "SQ" and isinstance(value, Mapping):
+                found.append(_texts(value))
+    return " ".join(text for text in found if text)
+
+
 def parse_stow_response(
     status_code: int, body: bytes, sop_instance_uid: str, reason_phrase: str = ""
 ) -> StowResult:
@@ -127,7 +143,8 @@ def parse_stow_response(
         warning_reason = _uint(parsed, _WARNING_REASON)
     # Stored only when listed: a 2xx without a Store Instances Response naming the
     # instance (PS3.18 10.5.3) proves nothing, and no C-STORE is acknowledged unproven.
-    is_stored = 200 <= status_code < 300 and bool(stored) and not failed
+    # A 409 to a request of several instances lists those it did store (read like a 202).
+    is_stored = (200 <= status_code < 300 or status_code == 409) and bool(stored) and not failed
     detail = _texts(failed[0]) if failed else ""
     return StowResult(
         status_code=status_code,
@@ -151,19 +168,3 @@ def parse_stow_response(
         ),
         detail=detail,
     )
-
-
-def _texts(item: Mapping[str, Any]) -> str:
-    """Every text value of a FailedSOPSequence item, nested ones too (a server's own
-    words about the failure: Google puts "already exists" in a private FailureDetail)."""
-    found: list[str] = []
-    for element in item.values():
-        if not isinstance(element, Mapping):
-            continue
-        vr = element.get("vr")
-        for value in element.get("Value") or []:
-            if vr in ("LO", "LT", "ST", "UT", "SH", "UC") and isinstance(value, str):
-                found.append(value)
-            elif vr == "SQ" and isinstance(value, Mapping):
-                found.append(_texts(value))
-    return " ".join(text for text in found if text)
