@@ -6,17 +6,19 @@ The framing around the file is ``multipart.MultipartEncoder``'s, the one encoder
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
+from pydicom import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from bridge.dicomweb.explicit_vr import implicit_to_explicit, transfer_syntax_of
 from bridge.dicomweb.multipart import MultipartEncoder
 from bridge.dicomweb.outcomes import http_row, stow_verdict
-from bridge.models import StowResult
+from bridge.models import StowResult, StowVerdict
 
 PART10 = "application/dicom"
 
@@ -101,6 +103,55 @@ def _refers_to(item: Mapping[str, Any], sop_instance_uid: str) -> bool:
         values = element.get("Value")
         return isinstance(values, list) and sop_instance_uid in values
     return False
+
+
+# The study-level attributes AWS HealthImaging groups image sets by (understanding-image-
+# sets.html, "DICOM elements used when creating image sets"): a difference in any of them
+# is a conflict that files the instance into a non-primary image set.
+STUDY_KEYS = {
+    "PatientID": "00100020",
+    "StudyDate": "00080020",
+    "AccessionNumber": "00080050",
+    "StudyID": "00200010",
+}
+IMAGE_SET_KEYS = ["StudyInstanceUID", "SeriesInstanceUID", *STUDY_KEYS]
+_SOP_INSTANCE_UID = "00080018"
+
+
+def is_listed(result: StowResult) -> bool:
+    """Whether the server listed the instance as stored (with or without a warning)."""
+    return result.verdict in (StowVerdict.STORED, StowVerdict.STORED_WITH_WARNING)
+
+
+def not_visible(result: StowResult) -> StowResult:
+    """`result` for an instance stored where queries do not find it (``stow_verify``)."""
+    return replace(result, verdict=StowVerdict.NOT_VISIBLE)
+
+
+def shows_instance(results: Sequence[Mapping[str, Any]], sent: Dataset, uid: str) -> bool:
+    """Whether a QIDO-RS instance search's `results` show the instance `sent` (SOP Instance
+    UID `uid`) as stored: listed, and with the study attributes it was sent with (an
+    instance of that UID listed with others is a different, primary copy)."""
+    for found in results:
+        if _json_text(found, _SOP_INSTANCE_UID) != uid:
+            continue
+        return all(
+            _json_text(found, tag) in (None, str(sent.get(keyword, "")))
+            for keyword, tag in STUDY_KEYS.items()
+        )
+    return False
+
+
+def _json_text(found: Mapping[str, Any], tag: str) -> str | None:
+    """The first value of `tag` in a DICOM JSON object as text (None if absent)."""
+    element = found.get(tag)
+    values = element.get("Value") if isinstance(element, Mapping) else None
+    if not isinstance(values, list) or not values:
+        return None
+    value = values[0]
+    if isinstance(value, Mapping):  # PN
+        return str(value.get("Alphabetic", ""))
+    return str(value)
 
 
 def _texts(item: Mapping[str, Any]) -> str:
