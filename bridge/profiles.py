@@ -202,12 +202,12 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         empty_values=False,
         fuzzy_matching=True,
         max_limit=200,
+        # Same page, "Retrieve (WADO-RS)": Accept transfer-syntax=*, 1.2.840.10008.1.2.1 or
+        # 1.2.840.10008.1.2.4.90; "An unsupported transfer-syntax results in 406".
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG2000_LOSSLESS}),
-        # retrieve_syntaxes: same page, "Retrieve (WADO-RS)": Accept transfer-syntax=*,
-        # 1.2.840.10008.1.2.1 or 1.2.840.10008.1.2.4.90; "An unsupported transfer-syntax
-        # results in 406". "Store (STOW-RS)": "Only transfer syntaxes with explicit Value
-        # Representations are accepted"; failure reason 45070 = already stored, 45071 =
-        # being created by another process; 202 = some stored, others failed or warned.
+        # "Store (STOW-RS)": "Only transfer syntaxes with explicit Value Representations are
+        # accepted"; failure reason 45070 = already stored, 45071 = being created by
+        # another process; 202 = some stored, others failed or warned.
         stow_implicit_vr=False,
     ),
     # https://docs.aws.amazon.com/healthimaging/latest/devguide/dicomweb-search.html and
@@ -230,10 +230,9 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         value_lists=False,
         hierarchical_only=True,
         max_records=10_000,
+        # dicomweb-retrieve-instance.html: "in either its stored transfer syntax or as
+        # uncompressed (ELE) format"; series and instance resources only.
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE}),
-        # retrieve_syntaxes, study_retrieve: dicomweb-retrieve-instance.html, "in either its
-        # stored transfer syntax or as uncompressed (ELE) format"; series and instance
-        # resources only.
         study_retrieve=False,
         # throttling-limits.html: GetDICOMInstance, GetDICOMInstanceMetadata,
         # GetDICOMInstanceFrames, GetDICOMSeriesMetadata 50 tps, burst 100.
