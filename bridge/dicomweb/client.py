@@ -22,8 +22,10 @@ from urllib.parse import quote
 import httpcore
 import httpx
 from dicomweb_client.uri import URI, URISuffix
+from pydicom import dcmread
 
 from bridge.config import DicomwebConfig
+from bridge.dicomweb import ratelimit, stow
 from bridge.dicomweb.breaker import CircuitBreaker, Listener
 from bridge.dicomweb.multipart import (
     MultipartDecoder,
@@ -298,7 +300,7 @@ class DicomwebClient:
         capabilities: Capabilities = GENERIC,
     ) -> None:
         self.http = http
-        # What the server can do (bridge/profiles.py): paging limits here.
+        # What the server can do (bridge/profiles.py).
         self.capabilities = capabilities
         # QIDO-RS limit of each page of search_pages.
         self.page_size = page_size
@@ -311,6 +313,11 @@ class DicomwebClient:
         self.observer = observer
         # Every request, probe included, goes through it (off unless given one).
         self.breaker = breaker or CircuitBreaker(threshold=0, backend=backend)
+        # The backend's WADO-RS rate limit (ratelimit.py): one bucket on this client's
+        # request path, which every association to the backend shares.
+        self.rate_limit = ratelimit.install_wado_rate_limit(http, capabilities)
+        if self.rate_limit is not None:
+            self.raw = None  # the lean GET would bypass httpx's request path
 
     async def _observed(
         self, kind: str, attempt: Callable[[], Awaitable[T]], *, transcoding: bool = False
@@ -502,9 +509,10 @@ class DicomwebClient:
                 **_NO_GZIP,
             }
             with map_errors(url):
-                return await self.http.post(
-                    url, content=part10_body(path, encoder), headers=headers
+                body = part10_body(
+                    path, encoder, explicit_vr_only=not self.capabilities.stow_implicit_vr
                 )
+                return await self.http.post(url, content=body, headers=headers)
 
         # Not idempotent: retried only when no connection could be made at all.
         response = await retrying(
@@ -515,9 +523,34 @@ class DicomwebClient:
             breaker=self.breaker,
         )
         LOGGER.debug("STOW-RS %s -> %d", url, response.status_code)
-        return parse_stow_response(
+        result = parse_stow_response(
             response.status_code, response.content, sop_instance_uid, response.reason_phrase
         )
+        if self.capabilities.stow_verify and stow.is_listed(result):
+            if not await self._visible(path, sop_instance_uid):
+                return stow.not_visible(result)
+        return result
+
+    async def _visible(self, path: Path, sop_instance_uid: str) -> bool:
+        """Whether a stored instance is the one queries find (``stow_verify``): AWS files an
+        instance whose metadata conflicts with a primary image set into a non-primary one,
+        which QIDO-RS does not show; an instance of the same UID may then be listed with
+        the primary set's metadata instead. A failed check is no proof: True (logged)."""
+        sent = dcmread(path, stop_before_pixels=True, specific_tags=stow.IMAGE_SET_KEYS)
+        query = QidoQuery(
+            resource=QidoResource.INSTANCES,
+            study_uid=str(sent.get("StudyInstanceUID", "")),
+            series_uid=str(sent.get("SeriesInstanceUID", "")),
+            match=(("SOPInstanceUID", sop_instance_uid),),
+            includefield=tuple(stow.STUDY_KEYS),
+        )
+        url = build_qido_url(self.base_url, query, policy=self.query_encoding)
+        try:
+            page = await self._read("qido", "QIDO-RS", lambda: self._search_once(url))
+        except DicomwebError as exc:
+            LOGGER.warning("could not check that a stored instance is visible: %s", exc)
+            return True
+        return stow.shows_instance(page.results, sent, sop_instance_uid)
 
     async def probe(self) -> str:
         """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError.
