@@ -17,6 +17,7 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.status import STATUS_PENDING, code_to_category
 
+from bridge.dimse import adapter
 from bridge.dimse.services import CANCELLABLE_REQUESTS, RESPONSE_NAMES
 from bridge.ops.metrics import Metrics
 
@@ -80,6 +81,9 @@ class DimseObserver:
             return  # a request we send (C-STORE sub-operation, N-EVENT-REPORT)
         status = command.get("Status")
         if status is None or code_to_category(int(status)) == STATUS_PENDING:
+            return
+        if adapter.lost(event.assoc):
+            # Nobody receives it: bridge/dimse/trace.py counts the request as aborted.
             return
         self.metrics.dimse_request(service, int(status))
         if service in _SUBOP_SERVICES:
