@@ -125,7 +125,8 @@ function draw(status) {
     cell(tr, op.total === null ? String(op.done) : op.done + "/" + op.total, "num done");
     cell(tr, op.failed, "num failed"); bar(tr, op);
     cell(tr, (op.bytes / 1e6).toFixed(1), "num");
-    cell(tr, op.mb_s.toFixed(1), "num mb-s"); cell(tr, seconds(op.eta_s), "num eta");
+    cell(tr, op.mb_s.toFixed(op.mb_s < 10 ? 2 : 1), "num mb-s");
+    cell(tr, seconds(op.eta_s), "num eta");
   });
   fill("finished", status.finished, 8, (tr, f) => {
     tr.dataset.association = f.association;
