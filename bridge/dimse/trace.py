@@ -233,8 +233,9 @@ def _log_operation(op: FinishedOperation, cut_short: str | None = None) -> None:
         outcome = f"not answered: {cut_short}"
     if op.service in _TRANSFERS:
         noun = "instance" if op.total == 1 else "instances"
+        verb = "stored" if op.service == "C-STORE" else "sent"
         what = (
-            f"{op.done}/{op.total} {noun}, {op.failed} failed, {op.bytes / 1e6:.1f} MB, "
+            f"{op.done}/{op.total} {noun} {verb}, {op.failed} failed, {op.bytes / 1e6:.1f} MB, "
             f"{op.seconds:.2f} s, {op.mb_s:.1f} MB/s"
         )
     elif op.service == "C-FIND":

@@ -322,6 +322,7 @@ def test_a_peer_abort_mid_get_is_an_abort_and_still_counted(
     assert not [line for line in mine if "cancel" in line["msg"].lower()], mine
     (summary,) = [line for line in mine if line.get("event") == "operation_end"]
     assert summary["msg"].startswith("C-GET aborted: peer GETSCU, "), summary
+    assert "not answered: association aborted by the peer" in summary["msg"], summary
     assert (summary["status"], summary["category"]) == (None, "aborted")
     assert 3 <= summary["done"] < STUDY_SIZE and summary["total"] == STUDY_SIZE
     end = mine[-1]
@@ -353,13 +354,14 @@ def _find_patient(bridge: BridgeProcess) -> list[Dataset]:
     assert assoc.is_established
     try:
         query = _study_query(PatientName="BULK^SERIES", PatientID="BULK001", PatientBirthDate="")
-        return [
-            identifier
-            for status, identifier in assoc.send_c_find(
-                query, StudyRootQueryRetrieveInformationModelFind
-            )
-            if status.Status == 0xFF00
-        ]
+        matches: list[Dataset] = []
+        for status, identifier in assoc.send_c_find(
+            query, StudyRootQueryRetrieveInformationModelFind
+        ):
+            if status.Status == 0xFF00:
+                assert identifier is not None
+                matches.append(identifier)
+        return matches
     finally:
         assoc.release()
 
