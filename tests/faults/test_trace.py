@@ -302,9 +302,13 @@ def test_every_line_of_an_association_carries_its_id(
     assert re.fullmatch(r"127\.0\.0\.1:\d+", end["address"]), end
     assert f"association {association} from TRACESCU" in end["msg"]
 
-    # Once, although the bridge and the listener both used to say it.
-    listener = [line for line in lines if "listener on http" in line["msg"]]
-    assert len(listener) == 1, listener
+
+
+def test_the_ops_listener_start_up_line_is_written_once(ops: Ops) -> None:
+    """The bridge and its ops listener used to log it both."""
+    _wait_for(lambda: any("listening as" in line["msg"] for line in ops.lines()))
+    listener = [line["msg"] for line in ops.lines() if "listener on http" in line["msg"]]
+    assert listener == [f"ops listener on {ops.url} (/, /status, /metrics, /healthz, /readyz)"]
 
 
 def test_a_peer_abort_mid_get_is_an_abort_and_still_counted(
