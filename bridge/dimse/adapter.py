@@ -359,6 +359,14 @@ def wrap_reactor(assoc: Any, around: Around) -> None:
     assoc.run = lambda: around(run)
 
 
+def name_threads(assoc: Any, name: str) -> None:
+    """Name the association's reactor thread `name` and its DUL thread `name`-dul (before
+    they start): pynetdicom's "AcceptorThread@<second>" is shared by every association
+    that starts in the same second."""
+    assoc.name = name
+    assoc.dul.name = f"{name}-dul"
+
+
 def wrap_dul(assoc: Any, around: Around) -> None:
     """The association's DUL thread (socket reader, FSM) runs ``around(run)``; call before
     the association starts."""

@@ -100,6 +100,7 @@ class AssociationTracker:
 
         adapter.wrap_reactor(assoc, reactor)
         adapter.wrap_dul(assoc, dul)
+        adapter.name_threads(assoc, f"association-{association}")
 
     def on_established(self, event: Event) -> None:
         assoc = event.assoc

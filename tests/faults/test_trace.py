@@ -249,8 +249,9 @@ def test_every_line_of_an_association_carries_its_id(
 ) -> None:
     """C-ECHO, C-FIND (its QIDO-RS answered 503 once: a retry line from the event-loop
     thread) and C-GET on one association, then A-RELEASE: every line from its start line
-    to its end line carries its id; each operation has one summary with every field; the
-    end line says released by the peer, and counts three operations."""
+    to its end line carries its id; each operation has one summary with every field,
+    written by a thread named after the association; the end line says released by the
+    peer, and counts three operations."""
     proxy.fail(503, is_qido_studies, count=1)
     stored: list[str] = []
     assoc = _association(ops.bridge, stored)
@@ -283,6 +284,8 @@ def test_every_line_of_an_association_carries_its_id(
     assert any("retry" in line["msg"] for line in loop_lines), [line["msg"] for line in mine]
 
     summaries = {line["service"]: line for line in mine if line.get("event") == "operation_end"}
+    # The association's threads are named after it, not after the second it began in.
+    assert {line["thread"] for line in summaries.values()} == {f"association-{association}"}
     assert set(summaries) == {"C-ECHO", "C-FIND", "C-GET"}
     for line in summaries.values():
         assert SUMMARY_FIELDS <= set(line), line
