@@ -73,7 +73,7 @@ def handle_get(
         return
     plan, refs = found
     if plan.frames is not None:
-        yield from _send_frames(event, ctx, plan.frames, refs, cancelled, peer)
+        yield from _send_frames(event, ctx, plan.frames, refs, cancelled)
         return
     yield len(refs)
     if not refs:
@@ -96,7 +96,6 @@ def _send_frames(
     frames: tuple[int, ...],
     refs: list[InstanceRef],
     cancelled: CancelWatch,
-    peer: str,
 ) -> Iterator[Response]:
     """Frame-level retrieve: one new instance made of the requested frames (PS3.4 C.4.3.3)."""
     if not refs:

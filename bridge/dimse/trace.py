@@ -46,8 +46,6 @@ def _plural(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
 
-
-
 class AssociationTracker:
     """pynetdicom handlers that name associations and log what they did; see the module
     docstring. `metrics` receives the operations cut short by their association's end."""

@@ -34,9 +34,7 @@ LOG_FORMATS = ("text", "json")
 _MARK = "_dimse_bridge_handler"
 
 # Keys of every JSON line; `fields` may add others but never replace these.
-_CORE_KEYS = frozenset(
-    {"ts", "level", "logger", "msg", "thread", "association", "exc", "stack"}
-)
+_CORE_KEYS = frozenset({"ts", "level", "logger", "msg", "thread", "association", "exc", "stack"})
 
 ASSOCIATION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "dimse_bridge_association", default=None

@@ -53,15 +53,40 @@ STATUS_KEYS = {"backends", "associations", "operations", "finished", "spool"}
 BACKEND_KEYS = {"name", "url", "ready", "reason"}
 ASSOCIATION_KEYS = {"id", "calling_ae", "called_ae", "peer", "age_s"}
 OPERATION_KEYS = {
-    "association", "service", "calling_ae", "done", "failed", "total", "bytes", "mb_s", "eta_s"
+    "association",
+    "service",
+    "calling_ae",
+    "done",
+    "failed",
+    "total",
+    "bytes",
+    "mb_s",
+    "eta_s",
 }
 FINISHED_KEYS = {
-    "association", "service", "calling_ae", "status", "category", "done", "failed", "total",
-    "seconds", "error_comment",
+    "association",
+    "service",
+    "calling_ae",
+    "status",
+    "category",
+    "done",
+    "failed",
+    "total",
+    "seconds",
+    "error_comment",
 }
 SUMMARY_FIELDS = {
-    "service", "peer", "association", "done", "failed", "total", "bytes", "seconds", "mb_s",
-    "status", "error_comment",
+    "service",
+    "peer",
+    "association",
+    "done",
+    "failed",
+    "total",
+    "bytes",
+    "seconds",
+    "mb_s",
+    "status",
+    "error_comment",
 }
 
 
@@ -166,7 +191,8 @@ def running_get(ops: Ops, minimum: int = 1) -> dict[str, Any]:
 
     def found() -> bool:
         rows[:] = [
-            op for op in ops.status()["operations"]
+            op
+            for op in ops.status()["operations"]
             if op["service"] == "C-GET" and op["done"] >= minimum
         ]
         return bool(rows)
@@ -306,7 +332,6 @@ def test_every_line_of_an_association_carries_its_id(
     assert f"association {association} from TRACESCU" in end["msg"]
 
 
-
 def test_the_ops_listener_start_up_line_is_written_once(ops: Ops) -> None:
     """The bridge and its ops listener used to log it both."""
     _wait_for(lambda: any("listening as" in line["msg"] for line in ops.lines()))
@@ -389,7 +414,10 @@ def test_status_shows_the_running_get_and_no_patient_data(
         (backend,) = status["backends"]
         assert set(backend) == BACKEND_KEYS
         assert backend == {
-            "name": "default", "url": proxy.url + "/dicom-web", "ready": True, "reason": None
+            "name": "default",
+            "url": proxy.url + "/dicom-web",
+            "ready": True,
+            "reason": None,
         }
         assert set(op) == OPERATION_KEYS
         assert (op["service"], op["calling_ae"], op["total"]) == ("C-GET", "PAGESCU", STUDY_SIZE)
@@ -408,9 +436,16 @@ def test_status_shows_the_running_get_and_no_patient_data(
     first, find = after["finished"][0], after["finished"][-1]
     assert set(first) == FINISHED_KEYS
     assert first == {
-        "association": op["association"], "service": "C-GET", "calling_ae": "PAGESCU",
-        "status": "0x0000", "category": "success", "done": STUDY_SIZE, "failed": 0,
-        "total": STUDY_SIZE, "seconds": first["seconds"], "error_comment": None,
+        "association": op["association"],
+        "service": "C-GET",
+        "calling_ae": "PAGESCU",
+        "status": "0x0000",
+        "category": "success",
+        "done": STUDY_SIZE,
+        "failed": 0,
+        "total": STUDY_SIZE,
+        "seconds": first["seconds"],
+        "error_comment": None,
     }
     assert first["seconds"] >= STUDY_SIZE * SLOW_DELAY_S
     assert (find["service"], find["calling_ae"], find["done"]) == ("C-FIND", "FINDSCU", 1)
@@ -459,8 +494,13 @@ class _Rows(HTMLParser):
 def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     """Headless Chromium (Debian's), as root: no sandbox; its own profile directory."""
     command = [
-        CHROMIUM or "chromium", "--headless", "--no-sandbox", "--disable-gpu",
-        f"--user-data-dir={profile}", "--virtual-time-budget=3000", *args,
+        CHROMIUM or "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=3000",
+        *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
 

@@ -178,28 +178,56 @@ def test_status_board_snapshot_has_the_documented_shape() -> None:
     snapshot = board.snapshot()
     assert snapshot == {
         "backends": [
-            {"name": "default", "url": "https://pacs.example/dicom-web", "ready": True,
-             "reason": None}
+            {
+                "name": "default",
+                "url": "https://pacs.example/dicom-web",
+                "ready": True,
+                "reason": None,
+            }
         ],
         "associations": [
-            {"id": "a1b2", "calling_ae": "CT1", "called_ae": "DIMSE_BRIDGE",
-             "peer": "10.0.0.5:51234", "age_s": 2.0}
+            {
+                "id": "a1b2",
+                "calling_ae": "CT1",
+                "called_ae": "DIMSE_BRIDGE",
+                "peer": "10.0.0.5:51234",
+                "age_s": 2.0,
+            }
         ],
         "operations": [
-            {"association": "a1b2", "service": "C-GET", "calling_ae": "CT1", "done": 40,
-             "failed": 1, "total": 200, "bytes": 8_000_000, "mb_s": 4.0, "eta_s": 8.0}
+            {
+                "association": "a1b2",
+                "service": "C-GET",
+                "calling_ae": "CT1",
+                "done": 40,
+                "failed": 1,
+                "total": 200,
+                "bytes": 8_000_000,
+                "mb_s": 4.0,
+                "eta_s": 8.0,
+            }
         ],
         "finished": [],
         "spool": None,
     }
     clock.now += 8.0
-    finished = board.finished("a1b2", 0xB000, "1 failed: peer answered C-STORE 0xA700",
-                              (200, 1, 200))
+    finished = board.finished(
+        "a1b2", 0xB000, "1 failed: peer answered C-STORE 0xA700", (200, 1, 200)
+    )
     assert finished is not None and finished.mb_s == pytest.approx(0.8)
     assert board.snapshot()["finished"] == [
-        {"association": "a1b2", "service": "C-GET", "calling_ae": "CT1", "status": "0xB000",
-         "category": "warning", "done": 200, "failed": 1, "total": 200, "seconds": 10.0,
-         "error_comment": "1 failed: peer answered C-STORE 0xA700"}
+        {
+            "association": "a1b2",
+            "service": "C-GET",
+            "calling_ae": "CT1",
+            "status": "0xB000",
+            "category": "warning",
+            "done": 200,
+            "failed": 1,
+            "total": 200,
+            "seconds": 10.0,
+            "error_comment": "1 failed: peer answered C-STORE 0xA700",
+        }
     ]
     assert board.snapshot()["operations"] == []
 
@@ -301,6 +329,7 @@ def test_end_cause_names_who_ended_the_association() -> None:
     assert adapter.end_cause(_ended()) == ("aborted", "peer")
     assert adapter.end_cause(_ended(_sent_abort=True)) == ("aborted", "bridge")
     assert adapter.end_cause(_ended(_sent_abort=True, idle=True)) == ("aborted", "timeout")
-    assert adapter.end_cause(
-        _ended(_sent_abort=True, _bridge_timed_out=True)
-    ) == ("aborted", "timeout")
+    assert adapter.end_cause(_ended(_sent_abort=True, _bridge_timed_out=True)) == (
+        "aborted",
+        "timeout",
+    )
