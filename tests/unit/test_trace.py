@@ -28,12 +28,21 @@ LOGGER = logging.getLogger("tests.unit.test_trace")
 
 @pytest.fixture
 def bridge_logging() -> Iterator[None]:
-    """setup_logging's handler for the test's duration (pytest's own are left alone)."""
-    yield
+    """setup_logging's effects for the test's duration only: its handler, the root and
+    library levels and the warnings capture are put back (pytest's handlers stay)."""
     root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, _MARK, False)]:
-        root.removeHandler(handler)
-        handler.close()
+    level = root.level
+    levels = {n: logging.getLogger(n).level for n in ("pynetdicom", "httpx", "httpcore")}
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if getattr(h, _MARK, False)]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+        for name, saved in levels.items():
+            logging.getLogger(name).setLevel(saved)
+        logging.captureWarnings(False)
 
 
 class _Records(logging.Handler):
