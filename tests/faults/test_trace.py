@@ -431,8 +431,11 @@ def test_status_shows_the_running_get_and_no_patient_data(
         during = json.dumps(status)
         outcome = get.finish()
     assert outcome.status == 0x0000, outcome.describe()
+    # The SCU has its final response and has released; the bridge's reactor thread may
+    # take a moment more to end the association.
+    _wait_for(lambda: slow_ops.status()["associations"] == [])
     after = slow_ops.status()
-    assert after["operations"] == [] and after["associations"] == []
+    assert after["operations"] == []
     first, find = after["finished"][0], after["finished"][-1]
     assert set(first) == FINISHED_KEYS
     assert first == {
