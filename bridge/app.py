@@ -23,8 +23,9 @@ from bridge.dimse.context import BridgeContext
 from bridge.dimse.server import DimseServer
 from bridge.errors import BridgeError, ListenError
 from bridge.loop_thread import LoopThread
-from bridge.ops.http import OpsServer
+from bridge.ops.http import DEFAULT_READY_CACHE_S, OpsServer
 from bridge.ops.metrics import Metrics
+from bridge.ops.status import BackendStatus, Cached, StatusBoard
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,7 +45,11 @@ class Bridge:
         self.clients: dict[str, DicomwebClient] = {}
         self.context: BridgeContext | None = None
         self.ops: OpsServer | None = None
+        self.board = StatusBoard()
+        self.board.backends = self.backend_status
         self._stopping = threading.Event()
+        # One probe of every backend per couple of seconds, whoever asks (/readyz, /status).
+        self._probes = Cached(self._probe_backends, DEFAULT_READY_CACHE_S)
         # Built here, off the event loop: credentials discovery may block, and a broken
         # auth setup must fail the start (ConfigError), not the first request.
         self.auths = {backend.name: build_auth(backend.dicomweb.auth) for backend in self.backends}
@@ -63,16 +68,23 @@ class Bridge:
             dicomweb=default.dicomweb,
             routes={b.ae_title: (b.name, self.clients[b.name], b.dicomweb) for b in named},
             metrics=self.metrics,
+            board=self.board,
         )
         try:
             self.dimse.start(self.context, self.metrics)
             if config.ops.address is not None:
-                self.ops = OpsServer(config.ops.address, self.metrics, self.ready)
+                # The probes are cached here (shared with /status), not again in the server.
+                self.ops = OpsServer(
+                    config.ops.address,
+                    self.metrics,
+                    self.ready,
+                    ready_cache_s=0,
+                    status=self.board.snapshot,
+                )
                 try:
-                    self.ops.start()
+                    self.ops.start()  # logs its address, once
                 except OSError as exc:
                     raise ListenError(config.ops.listen, exc.strerror or str(exc)) from exc
-                LOGGER.info("operations listener on %s (/metrics /healthz /readyz)", self.ops.url)
         except Exception:
             self.stop()
             raise
@@ -89,15 +101,42 @@ class Bridge:
         """Readiness for /readyz: every backend answers its QIDO-RS probe."""
         if self._stopping.is_set():
             return False, "shutting down"
-        summaries = []
-        for name, client in self.clients.items():
-            try:
-                summaries.append(f"{name}: {self.loop.call(client.probe(), timeout=5.0)}")
-            except BridgeError as exc:
-                return False, f"{name}: {exc}"
-            except TimeoutError:
-                return False, f"{name}: DICOMweb probe timed out after 5 s"
-        return True, "; ".join(summaries)
+        probes = self._probes()
+        for status, _ in probes:
+            if not status.ready:
+                return False, f"{status.name}: {status.reason}"
+        return True, "; ".join(f"{status.name}: {summary}" for status, summary in probes)
+
+    def backend_status(self) -> list[BackendStatus]:
+        """Each backend and its readiness, for /status (the /readyz probes)."""
+        if self._stopping.is_set():
+            return [
+                BackendStatus(b.name, b.dicomweb.url, False, "shutting down")
+                for b in self.backends
+            ]
+        return [status for status, _ in self._probes()]
+
+    def _probe_backends(self) -> list[tuple[BackendStatus, str]]:
+        """(status, probe summary) of every backend, probed one after the other."""
+        results = []
+        for backend in self.backends:
+            name, url = backend.name, backend.dicomweb.url
+            client = self.clients.get(name)
+            reason: str | None = None
+            summary = ""
+            if client is None:
+                reason = "not started"
+            else:
+                try:
+                    summary = self.loop.call(client.probe(), timeout=5.0)
+                except BridgeError as exc:
+                    reason = str(exc)
+                except TimeoutError:
+                    reason = "DICOMweb probe timed out after 5 s"
+                except Exception as exc:  # a probe must answer, not raise
+                    reason = f"readiness check failed: {type(exc).__name__}: {exc}"
+            results.append((BackendStatus(name, url, reason is None, reason), summary))
+        return results
 
     def active_associations(self) -> int:
         return self.dimse.active_associations()

@@ -4,12 +4,18 @@ pynetdicom runs each association's handlers synchronously in its own thread; the
 side is asynchronous so that waiting can be interrupted. ``LoopThread.call`` waits for a
 coroutine while polling a cancel predicate, and cancels the coroutine's task (closing its
 HTTP connections) as soon as the predicate says so.
+
+A coroutine runs in a copy of the submitting thread's context (``contextvars``), so that
+its log lines carry the id of the association it works for (``bridge.ops.logs.ASSOCIATION``).
+``asyncio.run_coroutine_threadsafe`` promises no such thing (CPython 3.11 happens to
+carry it through ``call_soon_threadsafe``); the task is created with ``context=``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -51,7 +57,20 @@ class LoopThread:
             self.loop.close()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Run `coro` on the loop, in a copy of the caller's context; its future."""
+        context = contextvars.copy_context()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def start() -> None:
+            if future.cancelled():
+                coro.close()  # cancelled before it started: never awaited, no warning
+                return
+            task = self.loop.create_task(coro, context=context)
+            task.add_done_callback(lambda done: _copy_outcome(done, future))
+            future.add_done_callback(lambda f: _cancel_task(self.loop, task, f))
+
+        self.loop.call_soon_threadsafe(start)
+        return future
 
     def call(
         self,
@@ -62,6 +81,25 @@ class LoopThread:
         """Run `coro` on the loop and wait for it; raise Cancelled if the predicate fires."""
         future = self.submit(coro)
         return wait(future, is_cancelled, timeout)
+
+
+def _copy_outcome(task: asyncio.Task[T], future: concurrent.futures.Future[T]) -> None:
+    # Pending until now, as asyncio's own chaining keeps it, so that cancel() works.
+    if not future.set_running_or_notify_cancel():  # cancelled by the caller meanwhile
+        return
+    if task.cancelled():
+        future.set_exception(concurrent.futures.CancelledError())
+    elif (exc := task.exception()) is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(task.result())
+
+
+def _cancel_task(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], future: concurrent.futures.Future[Any]
+) -> None:
+    if future.cancelled() and not loop.is_closed():
+        loop.call_soon_threadsafe(task.cancel)
 
 
 def wait(

@@ -114,6 +114,17 @@ if ! command -v promtool >/dev/null 2>&1; then
     fi
 fi
 
+# The operator page test (tests/faults/test_trace.py) loads the page in Debian's headless
+# Chromium; without it, that one test skips.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        log "installing chromium"
+        apt_install chromium
+    else
+        log "not root: chromium not installed; the operator page test will skip"
+    fi
+fi
+
 # --- Python venv -------------------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

@@ -53,6 +53,13 @@ EVT_ACSE_RECV, which pynetdicom fires just before EVT_ABORTED), ``_sent_abort`` 
 bridge's own, a cause marked by the code that aborts (``abort(assoc, cause)``: shutdown;
 ``wait_response`` running out of time: DIMSE timeout), and the idle timer (the reactor
 aborts when it expires).
+
+**An association's threads run the bridge's code first.** ``wrap_reactor`` and
+``wrap_dul`` replace the ``run`` of the association's reactor thread and of its DUL
+thread before they start (from EVT_CONN_OPEN): each sets the association's id for the
+log (bridge/dimse/trace.py), the reactor does the DICOM TLS handshake before pynetdicom
+reads (``tls_handshake``) and reports how the association ended once it has
+(``end_cause``).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ import contextlib
 import logging
 import queue
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -84,12 +92,15 @@ class _IdleTimer(Timer):
         super().__init__(timeout)
         self._lock = threading.Lock()
         self._outstanding = 0
+        self.fired = False  # it expired once: the reactor ends the association for idling
 
     @property
     def expired(self) -> bool:
         if self._outstanding:
             return False
-        return bool(super().expired)
+        expired = bool(super().expired)
+        self.fired = self.fired or expired
+        return expired
 
     def begin(self) -> None:
         with self._lock:
@@ -341,6 +352,7 @@ def wait_response(
             # The caller aborts the association next (``response_status``, pynetdicom's
             # own send_*): that abort is a DIMSE timeout.
             _mark(assoc, DIMSE_TIMEOUT)
+            assoc._bridge_timed_out = True  # pynetdicom aborts next: say why (end_cause)
             return None, None
         try:
             item: tuple[int | None, Any] = assoc.dimse.msg_queue.get(timeout=step)
@@ -348,6 +360,70 @@ def wait_response(
         except queue.Empty:
             if lost(assoc):
                 return None, None
+
+
+Around = Callable[[Callable[[], None]], None]
+"""Runs a thread's original ``run`` (passed to it): code before, after, or instead of it."""
+
+
+def wrap_reactor(assoc: Any, around: Around) -> None:
+    """The association's own thread (its reactor) runs ``around(run)``; call before it
+    starts (EVT_CONN_OPEN of an acceptor). Wrappers nest: the last one runs first."""
+    run: Callable[[], None] = assoc.run
+    assoc.run = lambda: around(run)
+
+
+def name_threads(assoc: Any, name: str) -> None:
+    """Name the association's reactor thread `name` and its DUL thread `name`-dul (before
+    they start): pynetdicom's "AcceptorThread@<second>" is shared by every association
+    that starts in the same second."""
+    assoc.name = name
+    assoc.dul.name = f"{name}-dul"
+
+
+def wrap_dul(assoc: Any, around: Around) -> None:
+    """The association's DUL thread (socket reader, FSM) runs ``around(run)``; call before
+    the association starts."""
+    dul = assoc.dul
+    run: Callable[[], None] = dul.run
+    dul.run = lambda: around(run)
+
+
+def tls_handshake(assoc: Any, timeout: float | None) -> str | None:
+    """Do the TLS handshake of an acceptor's socket (wrapped without it, see
+    ``bridge.dimse.server``) within `timeout` seconds; None when it succeeded, else why
+    not, and then the socket is shut down so pynetdicom reads an orderly end of stream
+    instead of logging the SSL error with its traceback."""
+    sock = assoc.dul.socket.socket
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    previous = sock.gettimeout()
+    try:
+        sock.settimeout(timeout)
+        sock.do_handshake()
+        sock.settimeout(previous)
+        return None
+    except (OSError, ValueError) as exc:  # ssl.SSLError, a timeout, a reset
+        reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # also drops the SSL object: plain reads
+        return str(reason)
+
+
+def end_cause(assoc: Any) -> tuple[str, str]:
+    """How an acceptor association ended, once its reactor has returned: ("released" or
+    "aborted", and by whom: "peer", "bridge" or "timeout")."""
+    timer = assoc.dul._idle_timer
+    timed_out = (isinstance(timer, _IdleTimer) and timer.fired) or getattr(
+        assoc, "_bridge_timed_out", False
+    )
+    if assoc.is_released:
+        return "released", "timeout" if timed_out else "peer"
+    if timed_out:
+        return "aborted", "timeout"
+    if assoc._sent_abort:
+        return "aborted", "bridge"
+    return "aborted", "peer"  # an A-ABORT, or the connection closed (A-P-ABORT)
 
 
 def release_requested(assoc: Any) -> bool:

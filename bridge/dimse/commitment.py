@@ -9,6 +9,7 @@ AE as configured in ``[[peers]]``.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -70,8 +71,9 @@ def handle_action(event: Event, ctx: BridgeContext) -> tuple[Dataset | int, Data
         transaction_uid,
     )
     worker = threading.Thread(
-        target=_commit,
-        args=(event.assoc, ctx, requestor, transaction_uid, refs),
+        # In a copy of this thread's context: its lines carry the association's id.
+        target=contextvars.copy_context().run,
+        args=(_commit, event.assoc, ctx, requestor, transaction_uid, refs),
         name="storage-commitment",
         daemon=True,
     )

@@ -13,6 +13,7 @@ from bridge.dimse.stored import StoredIndex
 from bridge.loop_thread import LoopThread
 from bridge.models import QidoPage, QidoQuery
 from bridge.ops.metrics import Metrics
+from bridge.ops.status import StatusBoard
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class BridgeContext:
     # Study and series of each instance recently stored, for storage commitment on
     # servers that search instances only hierarchically (bridge/dimse/stored.py).
     stored: StoredIndex = field(default_factory=StoredIndex)
+    # What runs now, for /status and the operator page (bridge/ops/status.py).
+    board: StatusBoard = field(default_factory=StatusBoard)
 
     def for_event(self, event: Event) -> BridgeContext:
         # The called AE title of the A-ASSOCIATE-RQ: pynetdicom's acceptor.ae_title is the
@@ -65,6 +68,10 @@ class BridgeContext:
         return self.ae_title or self.config.dimse.ae_title
 
 
+ASSOCIATION_ENDED = "association ended"
+C_CANCEL_RECEIVED = "C-CANCEL received"
+
+
 class CancelWatch:
     """Remembers a C-CANCEL, or the end of the association, once seen.
 
@@ -85,7 +92,7 @@ class CancelWatch:
         # runs on the handler's own thread: while the handler waits on HTTP, an A-ABORT
         # or A-RELEASE-RQ from the peer shows only in the ACSE state.
         if not assoc.is_established or assoc.acse.is_aborted() or assoc.acse.is_release_requested():
-            self.cancelled, self.reason = True, "association ended"
+            self.cancelled, self.reason = True, ASSOCIATION_ENDED
         elif self._event.is_cancelled:
-            self.cancelled, self.reason = True, "C-CANCEL received"
+            self.cancelled, self.reason = True, C_CANCEL_RECEIVED
         return self.cancelled

@@ -145,7 +145,8 @@ def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Itera
             add_patient_counts(patient, studies)
             yield PENDING, _encodable(result_to_identifier(patient, plan, ae_title))
             sent += 1
-    LOGGER.info("C-FIND done: %d matches", sent)
+    # The summary line ("C-FIND done: peer ..., 1 match, ...") is bridge/dimse/trace.py's,
+    # written as the final response goes out.
 
 
 def _counts_to_compute(plan: FindPlan, caps: Capabilities) -> frozenset[str]:

@@ -32,6 +32,7 @@ from bridge.dimse.retrieval.tally import Tally, failed_list
 from bridge.errors import BridgeError
 from bridge.loop_thread import Cancelled
 from bridge.models import InformationModel, InstanceRef
+from bridge.ops.logs import ASSOCIATION
 from bridge.translate.frames import FrameError, check_frames, frame_instance, strip_bulk_data
 from bridge.translate.query import json_to_dataset
 from bridge.translate.status import (
@@ -72,7 +73,7 @@ def handle_get(
         return
     plan, refs = found
     if plan.frames is not None:
-        yield from _send_frames(event, ctx, plan.frames, refs, cancelled, peer)
+        yield from _send_frames(event, ctx, plan.frames, refs, cancelled)
         return
     yield len(refs)
     if not refs:
@@ -95,7 +96,6 @@ def _send_frames(
     frames: tuple[int, ...],
     refs: list[InstanceRef],
     cancelled: CancelWatch,
-    peer: str,
 ) -> Iterator[Response]:
     """Frame-level retrieve: one new instance made of the requested frames (PS3.4 C.4.3.3)."""
     if not refs:
@@ -143,8 +143,8 @@ def _send_frames(
     with FinalComment(event.assoc) as final, StoreOutcomes(event.assoc) as outcomes:
         yield PENDING, ds
         tally.record_store(ref, outcomes.last, len(ds.PixelData))
+        ctx.board.add(ASSOCIATION.get(), nbytes=tally.bytes_sent)
         status = tally.final_status()
-        tally.log("C-GET frames", peer, status)
         final.comment = tally.comment()
         if tally.failed:
             yield status_dataset(status, final.comment), failed_list([str(ds.SOPInstanceUID)])

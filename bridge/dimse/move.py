@@ -35,6 +35,7 @@ from bridge.dimse.refusal import refusing
 from bridge.dimse.retrieval.listing import find_instances
 from bridge.dimse.retrieval.send import run_suboperations
 from bridge.models import InformationModel, InstanceRef
+from bridge.ops.logs import ASSOCIATION
 from bridge.translate.status import (
     INVALID_FRAME_REQUEST,
     MOVE_DESTINATION_UNKNOWN,
@@ -73,8 +74,11 @@ class _SubAssociation:
         self.calling_ae_title = calling_ae_title
         self.assoc: Any = None
         self.opened = threading.Event()
+        # The requesting association's id, for the lines of the sub-association's threads.
+        self.association = ASSOCIATION.get()
 
     def on_open(self, event: Event) -> None:
+        ASSOCIATION.set(self.association)  # its DUL thread, where EVT_CONN_OPEN fires
         adapter.set_nodelay(event.assoc)
         adapter.set_calling_ae_title(event.assoc, self.calling_ae_title)
         # Its reactor is held for the whole move, and its idle timer paused meanwhile.

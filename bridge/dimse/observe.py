@@ -100,6 +100,9 @@ class DimseObserver:
         status = command.get("Status")
         if status is None or code_to_category(int(status)) == STATUS_PENDING:
             return
+        if adapter.lost(event.assoc):
+            # Nobody receives it: bridge/dimse/trace.py counts the request as aborted.
+            return
         self.metrics.dimse_request(service, int(status))
         with self._lock:
             started = self._started.pop(event.assoc, None)

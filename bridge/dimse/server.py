@@ -22,6 +22,7 @@ from bridge.dimse.gate import PeerGate
 from bridge.dimse.negotiation import prefer_requested_syntaxes
 from bridge.dimse.observe import dimse_event_handlers
 from bridge.dimse.services import SERVICES, STORAGE_CLASSES, bindings
+from bridge.dimse.trace import association_event_handlers
 from bridge.errors import ListenError
 from bridge.ops.metrics import Metrics
 from bridge.translate.transcode import local_encoders
@@ -53,11 +54,25 @@ def _prepare(event: Event) -> None:
     adapter.prepare(event.assoc)
 
 
-def _log_association(event: Event) -> None:
-    requestor = event.assoc.requestor
-    LOGGER.info(
-        "association from %s (%s:%s)", requestor.ae_title, requestor.address, requestor.port
-    )
+def _tls_handshake(event: Event) -> None:
+    # On the association's own thread, before pynetdicom reads: a client that speaks no
+    # TLS (plain DICOM on the TLS port, a port scan) gets one WARNING line, not
+    # pynetdicom's SSL traceback, and a silent one gives up after the ACSE timeout.
+    assoc = event.assoc
+
+    def handshake_first(run: Callable[[], None]) -> None:
+        failure = adapter.tls_handshake(assoc, assoc.acse_timeout)
+        if failure is None:
+            run()
+            return
+        LOGGER.warning(
+            "TLS handshake with %s:%s failed (%s): a client without DICOM TLS on the TLS port?",
+            assoc.requestor.address,
+            assoc.requestor.port,
+            failure,
+        )
+
+    adapter.wrap_reactor(assoc, handshake_first)
 
 
 # pynetdicom's acceptor picks the first of its own syntaxes the peer proposed: prefer
@@ -112,16 +127,20 @@ class DimseServer:
             (evt.EVT_CONN_OPEN, _set_nodelay),
             (evt.EVT_CONN_OPEN, _prepare),
             (evt.EVT_REQUESTED, prefer_requested_syntaxes, [STORAGE_CLASSES, local_encoders()]),
-            (evt.EVT_ESTABLISHED, _log_association),
             *self.gate.handlers(),
             *bindings(ctx),
             *dimse_event_handlers(metrics),
         ]
+        # One tracker for both listeners (ids unique across them); its EVT_CONN_OPEN comes
+        # after the TLS handshake's, so that it wraps the thread outermost and the
+        # handshake's warning carries the id.
+        tracing = association_event_handlers(ctx.board, metrics)
         dimse = self.config.dimse
-        self._listen(dimse.host, dimse.port, handlers, None)
+        self._listen(dimse.host, dimse.port, handlers + tracing, None)
         if dimse.tls.enabled:
             tls = dimse.tls
-            self._listen(tls.host, tls.port, handlers, server_tls_context(tls))
+            tls_handlers = [(evt.EVT_CONN_OPEN, _tls_handshake), *handlers, *tracing]
+            self._listen(tls.host, tls.port, tls_handlers, server_tls_context(tls))
 
     def log_listening(self) -> None:
         dimse = self.config.dimse
@@ -174,7 +193,8 @@ def _deferred_handshake(
 ) -> Callable[[], tuple[socket.socket, Any]]:
     """pynetdicom does the TLS handshake in its one accepting thread, without a timeout:
     a client that connects and stays silent would block every other TLS client (and
-    shutdown). Wrap without the handshake; it happens on the association's own thread."""
+    shutdown). Wrap without the handshake; it happens on the association's own thread
+    (``_tls_handshake``), bounded by the ACSE timeout."""
 
     def get_request() -> tuple[socket.socket, Any]:
         assert server.socket is not None

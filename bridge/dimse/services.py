@@ -87,6 +87,9 @@ STORAGE_CLASSES = frozenset(str(s.sop_class) for s in SERVICES if s.event is evt
 RESPONSE_NAMES: Mapping[int, str] = {s.command_field | 0x8000: s.name for s in SERVICES}
 """Response Command Field → service name: the final responses the bridge sends."""
 
+REQUEST_NAMES: Mapping[int, str] = {s.command_field: s.name for s in SERVICES}
+"""Request Command Field → service name: the requests the bridge serves."""
+
 CANCELLABLE_REQUESTS: Mapping[int, str] = {
     s.command_field: s.name for s in SERVICES if s.cancellable
 }

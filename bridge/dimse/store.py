@@ -19,6 +19,7 @@ from pynetdicom.events import Event
 from bridge.dimse.commitment import needs_stored_index
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
+from bridge.ops.logs import ASSOCIATION
 from bridge.translate.status import (
     SUCCESS,
     internal_error,
@@ -38,6 +39,7 @@ def handle_store(event: Event, ctx: BridgeContext) -> Dataset:
         path = event.dataset_path
         size = path.stat().st_size
         ctx.metrics.bytes_transferred("C-STORE", "in", size)
+        ctx.board.add(ASSOCIATION.get(), nbytes=size)
         result = ctx.loop.call(ctx.client.store_instance(path, sop_instance_uid))
     except BridgeError as exc:
         status = store_failure(exc)
@@ -55,8 +57,8 @@ def handle_store(event: Event, ctx: BridgeContext) -> Dataset:
         except Exception as exc:  # only commitment needs it, and it fails safe without
             LOGGER.warning("C-STORE: cannot read the study/series of %s: %s", path, exc)
     if status.Status == SUCCESS:
-        LOGGER.info("C-STORE from %s: stored %d bytes via STOW-RS", peer, size)
-        LOGGER.debug("C-STORE stored %s", sop_instance_uid)
+        # The summary line ("C-STORE done: ...") is bridge/dimse/trace.py's.
+        LOGGER.debug("C-STORE from %s: stored %s, %d bytes", peer, sop_instance_uid, size)
     else:
         LOGGER.warning(
             "C-STORE from %s: %s answered 0x%04X: %s",

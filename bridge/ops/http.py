@@ -1,4 +1,4 @@
-"""The operators' HTTP listener: ``/metrics``, ``/healthz`` and ``/readyz``.
+"""The operators' HTTP listener: ``/metrics``, ``/healthz``, ``/readyz``, ``/status`` and ``/``.
 
 A stdlib ``ThreadingHTTPServer`` in a daemon thread: a handful of scrapes and probes a
 minute need no framework, and keeping it off the HTTP event loop means a stuck DICOMweb
@@ -14,25 +14,31 @@ request cannot make the liveness probe fail.
   probes' outcomes) is fresh on every scrape even where nothing probes /readyz
   (systemd); with a backend that does not answer, a scrape waits for its probe's
   timeout (5 s).
+- ``/status``: what runs now, as JSON (``bridge.ops.status.StatusBoard.snapshot``).
+- ``/``: the operator page (``bridge.ops.page``), which shows ``/status`` every second.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 from bridge.config import parse_listen
 from bridge.ops.metrics import Metrics
+from bridge.ops.page import PAGE
 
 LOGGER = logging.getLogger(__name__)
 
 ReadyCheck = Callable[[], tuple[bool, str]]
+StatusSource = Callable[[], dict[str, Any]]
 
 # Seconds a readiness answer is reused. Kubernetes probes every 10 s by default; 2 s
 # still turns a burst of probes into one DICOMweb request while reacting fast enough.
@@ -41,6 +47,13 @@ DEFAULT_READY_CACHE_S = 2.0
 # handler thread for ever.
 _REQUEST_TIMEOUT_S = 10.0
 _TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
+_HTML = "text/html; charset=utf-8"
+PATHS = "/, /status, /metrics, /healthz, /readyz"
+
+
+def _no_status() -> dict[str, Any]:
+    return {"backends": [], "associations": [], "operations": [], "finished": [], "spool": None}
 
 
 class CachedProbe:
@@ -102,11 +115,13 @@ class _Server(ThreadingHTTPServer):
         address: tuple[str, int],
         metrics: Metrics,
         ready: ReadyCheck,
+        status: StatusSource,
     ) -> None:
         if _is_ipv6(address[0]):
             self.address_family = socket.AF_INET6
         self.metrics = metrics
         self.ready = ready
+        self.status = status
         super().__init__(address, _Handler)
 
 
@@ -132,8 +147,18 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception as exc:  # an uncached check that raises: not ready, say why
                 ok, message = False, f"readiness check failed: {type(exc).__name__}: {exc}"
             self._send(200 if ok else 503, (message + "\n").encode("utf-8", "replace"))
+        elif path == "/status":
+            try:
+                body = json.dumps(self.server.status(), ensure_ascii=True).encode()
+            except Exception as exc:  # the page shows the error, the listener stays up
+                LOGGER.warning("/status failed", exc_info=True)
+                self._send(500, f"status failed: {type(exc).__name__}: {exc}\n".encode())
+                return
+            self._send(200, body + b"\n", _JSON)
+        elif path == "/":
+            self._send(200, PAGE.encode("utf-8"), _HTML)
         else:
-            self._send(404, b"not found: try /metrics, /healthz or /readyz\n")
+            self._send(404, f"not found: try {PATHS}\n".encode())
 
     def _send(self, status: int, body: bytes, content_type: str = _TEXT) -> None:
         self.send_response(status)
@@ -150,11 +175,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class OpsServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on `address` (``OpsConfig.address``, or
-    ``"host:port"`` parsed by ``bridge.config.parse_listen``; port 0 picks a free port,
-    see ``port`` and ``url`` after ``start()``).
+    """``/metrics``, ``/healthz``, ``/readyz``, ``/status`` and ``/`` on `address`
+    (``OpsConfig.address``, or ``"host:port"`` parsed by ``bridge.config.parse_listen``;
+    port 0 picks a free port, see ``port`` and ``url`` after ``start()``).
 
-    `ready` is wrapped in a ``CachedProbe`` of `ready_cache_s` seconds (0: no caching).
+    `ready` is wrapped in a ``CachedProbe`` of `ready_cache_s` seconds (0: no caching);
+    `status` makes the ``/status`` document (default: nothing running, no backends).
     """
 
     def __init__(
@@ -164,10 +190,12 @@ class OpsServer:
         ready: ReadyCheck,
         *,
         ready_cache_s: float = DEFAULT_READY_CACHE_S,
+        status: StatusSource = _no_status,
     ) -> None:
         self.host, self._port = parse_listen(address) if isinstance(address, str) else address
         self.metrics = metrics
         self.ready: ReadyCheck = CachedProbe(ready, ready_cache_s) if ready_cache_s > 0 else ready
+        self.status = status
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -187,7 +215,7 @@ class OpsServer:
         """Bind and serve in a daemon thread; OSError when the address cannot be bound."""
         if self._server is not None:
             return
-        self._server = _Server((self.host, self._port), self.metrics, self.ready)
+        self._server = _Server((self.host, self._port), self.metrics, self.ready, self.status)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.25},
@@ -195,7 +223,7 @@ class OpsServer:
             daemon=True,
         )
         self._thread.start()
-        LOGGER.info("ops listener on %s (/metrics, /healthz, /readyz)", self.url)
+        LOGGER.info("ops listener on %s (%s)", self.url, PATHS)
 
     def stop(self) -> None:
         """Stop serving and close the socket; requests in progress finish on their own."""

@@ -5,18 +5,28 @@ Cloud Logging and journald's JSON readers need no multi-line parsing: a tracebac
 into the ``exc`` field instead of following the message. Structured values can be
 attached with ``logger.info("...", extra={"fields": {"peer": ae, "instances": n}})``;
 the text format ignores them (they should repeat what the message says).
+
+Every line an association causes carries its short id: ``ASSOCIATION`` is a
+``ContextVar`` set in each thread that works for the association (its reactor and DUL
+threads, bridge/dimse/trace.py; the event-loop tasks it submits, bridge/loop_thread.py),
+and ``AssociationFilter``, on the handler, copies it onto every record: ``[a1b2]`` in the
+text format, ``"association": "a1b2"`` in JSON.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+if TYPE_CHECKING:
+    from bridge.ops.status import StatusBoard
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(association_tag)s%(name)s: %(message)s"
 LOG_FORMATS = ("text", "json")
 
 # Marks the handler setup_logging installed, so that a second call replaces it instead of
@@ -24,7 +34,27 @@ LOG_FORMATS = ("text", "json")
 _MARK = "_dimse_bridge_handler"
 
 # Keys of every JSON line; `fields` may add others but never replace these.
-_CORE_KEYS = frozenset({"ts", "level", "logger", "msg", "thread", "exc", "stack"})
+_CORE_KEYS = frozenset({"ts", "level", "logger", "msg", "thread", "association", "exc", "stack"})
+
+ASSOCIATION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "dimse_bridge_association", default=None
+)
+"""The short id of the association the current thread or task works for (None: none)."""
+
+
+class AssociationFilter(logging.Filter):
+    """Puts the current association's id on every record: ``record.association`` (the id
+    or None) and ``record.association_tag`` (``"[a1b2] "`` or ``""``, for the text
+    format). On the handler, so it sees pynetdicom's and every library's records too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # A record made in another thread (a QueueHandler's) keeps the id it came with.
+        association = getattr(record, "association", None)
+        if association is None:
+            association = ASSOCIATION.get()
+            record.association = association
+        record.association_tag = f"[{association}] " if association else ""
+        return True
 
 
 def _utc_timestamp(record: logging.LogRecord) -> str:
@@ -50,6 +80,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "thread": record.threadName,
         }
+        association = getattr(record, "association", None)
+        if association:
+            entry["association"] = association
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
             for key, value in fields.items():
@@ -78,6 +111,7 @@ def setup_logging(level: str, fmt: str) -> None:
         raise ValueError(f'expected log format "text" or "json", got {fmt!r}')
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(AssociationFilter())
     setattr(handler, _MARK, True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _MARK, False)]:
@@ -105,7 +139,8 @@ class Progress:
     and gives the rate over the interval since the previous line (the current
     throughput, not the average). No line is written before the first
     interval has passed, so short transfers log only their summary. One Progress per
-    transfer, used from one thread.
+    transfer, used from one thread. Every update also goes to `board` (the operator
+    page's running transfers), under the id of the association that made the Progress.
     """
 
     def __init__(
@@ -117,6 +152,7 @@ class Progress:
         logger: logging.Logger,
         *,
         clock: Callable[[], float] = time.monotonic,
+        board: StatusBoard | None = None,
     ) -> None:
         self.service = service
         self.peer = peer
@@ -127,11 +163,15 @@ class Progress:
         self._last_t = clock()
         self._last_bytes = 0
         self._due = self._last_t + interval_s
+        self._board = board
+        self._association = ASSOCIATION.get()
 
     def update(self, done: int, nbytes: int, failed: int = 0, *, force: bool = False) -> None:
         """`done` instances dealt with, `failed` of them failed, and `nbytes` bytes
         transferred so far (cumulative); `force` writes the line even if none is due (a
         jump such as an outage failing every remaining instance at once)."""
+        if self._board is not None:
+            self._board.progress(self._association, done, failed, self.total, nbytes)
         now = self._clock()
         if now < self._due and not force:
             return

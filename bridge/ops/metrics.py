@@ -245,6 +245,12 @@ class Metrics:
         """
         self._dimse.labels(service, status_label(status), status_category(status)).inc()
 
+    def dimse_aborted(self, service: str) -> None:
+        """A request of `service` got no final response: its association ended first
+        (the peer aborted or went away, or the bridge aborted it). Counted with status
+        ``none`` and category ``aborted``."""
+        self._dimse.labels(service, "none", "aborted").inc()
+
     def suboperations(self, service: str, completed: int, warning: int, failed: int) -> None:
         """Outcomes of the C-STORE sub-operations of one C-GET or C-MOVE."""
         # Negative counts would make prometheus_client raise in a DIMSE thread: drop them.

@@ -234,7 +234,8 @@ def test_gdcmscu_find_studies(clients: Clients, orthanc: OrthancFixture, tmp_pat
     assert str(sent.QueryRetrieveLevel).strip() == "STUDY"
     assert sent.PatientID == "P004"
     assert clients.answered("C-FIND") == before + 1
-    assert f"C-FIND done: {len(studies)} matches" in log_after(clients.bridge, offset)
+    done = f"C-FIND done: peer {GDCM_AE}, {len(studies)} matches, "
+    assert done in log_after(clients.bridge, offset), log_after(clients.bridge, offset)
 
 
 GDCM_MOVES = [

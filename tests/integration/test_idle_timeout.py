@@ -10,6 +10,7 @@ and the bridge's sub-association waits longer than the timeout for every respons
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -213,3 +214,20 @@ def test_idle_peer_is_still_dropped_after_network_timeout(side: Side) -> None:
         if assoc.is_established:
             assoc.abort()
     assert "Network timeout reached" in side.bridge.log_text()[log_start:]
+    # The association-end line names the cause: the bridge aborted it for idling.
+    deadline = time.monotonic() + 5
+    while not _end_line(side.bridge.log_text()[log_start:], "IDLER"):
+        assert time.monotonic() < deadline, side.bridge.log_tail()
+        time.sleep(0.05)
+    end = _end_line(side.bridge.log_text()[log_start:], "IDLER")
+    assert re.search(
+        r" WARNING \[[0-9a-f]{4}\] .* aborted by the timeout after [\d.]+ s, "
+        r"1 operation \(C-ECHO 1\)$",
+        end,
+    ), end
+
+
+def _end_line(log: str, calling_ae: str) -> str:
+    """The association-end line of `calling_ae`'s association in `log` ("" if none yet)."""
+    pattern = re.compile(rf"association [0-9a-f]{{4}} from {calling_ae} .* by the ")
+    return next((line for line in log.splitlines() if pattern.search(line)), "")

@@ -17,11 +17,13 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -320,6 +322,32 @@ def test_tls_scu_without_client_certificate_is_refused(tls_bridge: TlsBridge, pk
     assert good.is_established
     assert int(good.send_c_echo().Status) == SUCCESS
     good.release()
+    assert tls_bridge.process.running
+
+
+def test_plain_client_on_the_tls_port_gets_one_warning_line(tls_bridge: TlsBridge) -> None:
+    """A plain DICOM client on the TLS port: one WARNING line saying the TLS handshake
+    failed, tagged with its association id; no traceback, no pynetdicom error lines."""
+    log = tls_bridge.process
+    offset = len(log.log_text())
+    ae = _ae("PLAINSCU", Verification)
+    ae.acse_timeout = 5
+    assoc = ae.associate("127.0.0.1", tls_bridge.tls_port, ae_title="DIMSE_BRIDGE")
+    assert not assoc.is_established
+    deadline = time.monotonic() + 10
+    while "TLS handshake" not in log.log_text()[offset:] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # anything pynetdicom would still write about it
+    new = log.log_text()[offset:].splitlines()
+    # (The previous test's associations may still write their end lines meanwhile.)
+    assert not [line for line in new if "Traceback" in line or "pynetdicom" in line], new
+    handshake = [line for line in new if "TLS handshake" in line]
+    assert len(handshake) == 1, new
+    assert re.match(
+        r"\S+ \S+ WARNING \[[0-9a-f]{4}\] bridge\.dimse\.server: TLS handshake with "
+        r"127\.0\.0\.1:\d+ failed \(WRONG_VERSION_NUMBER\)",
+        handshake[0],
+    ), new
     assert tls_bridge.process.running
 
 

@@ -227,7 +227,13 @@ class _Clock:
 
 
 class _Assoc:
-    """Stands in for a pynetdicom Association: hashable and weakly referenceable."""
+    """Stands in for a pynetdicom Association: hashable and weakly referenceable, and
+    established (``adapter.lost`` reads these)."""
+
+    is_established = True
+    is_aborted = False
+    dul = SimpleNamespace(is_alive=lambda: True)
+    acse = SimpleNamespace(is_aborted=lambda: False)
 
 
 def _message(**command: int) -> SimpleNamespace:

@@ -20,7 +20,7 @@ from typing import Any
 from pydicom import Dataset
 
 from bridge.dimse import adapter
-from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.dimse.context import ASSOCIATION_ENDED, BridgeContext, CancelWatch
 from bridge.dimse.fastsend import EncodedInstance, send_encoded
 from bridge.dimse.retrieval.instances import InstanceSource, accepted_syntaxes
 from bridge.dimse.retrieval.tally import Tally, failed_list
@@ -175,7 +175,9 @@ def _run(
     accepted = accepted_syntaxes(sender.accepted_contexts, "scu")
     source = InstanceSource(ctx, refs, accepted, cancelled, metadata_only=metadata_only)
     done = 0
-    progress = Progress(service, peer, len(refs), ctx.config.ops.progress_interval, LOGGER)
+    progress = Progress(
+        service, peer, len(refs), ctx.config.ops.progress_interval, LOGGER, board=ctx.board
+    )
     with (
         StoreOutcomes(sender) as outcomes,
         adapter.reactor_paused(sender) as held,
@@ -228,8 +230,13 @@ def _run(
                 progress.update(done, tally.bytes_sent, len(tally.failed))
         except Cancelled:
             unsent = [ref.sop_instance_uid for ref in refs[done:]]
-            tally.log(service, peer, CANCEL)
-            LOGGER.info("%s for %s cancelled (%s)", service, peer, cancelled.reason or "C-CANCEL")
+            if cancelled.reason == ASSOCIATION_ENDED:
+                # Not a cancel: the peer aborted or went away. Nobody gets the final
+                # response; the association's end line and the operation's "aborted"
+                # line say what happened (bridge/dimse/trace.py).
+                LOGGER.info("%s for %s stopped: the association ended", service, peer)
+            else:
+                LOGGER.info("%s for %s cancelled (%s)", service, peer, cancelled.reason)
             yield CANCEL, failed_list(tally.failed + unsent)
             return
         except Exception as exc:
@@ -240,7 +247,6 @@ def _run(
             )
             return
     status = tally.final_status()
-    tally.log(service, peer, status)
     final.comment = tally.comment()
     if status != SUCCESS and tally.failed:
         yield status_dataset(status, final.comment), failed_list(tally.failed)

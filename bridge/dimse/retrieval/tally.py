@@ -1,11 +1,10 @@
 """Sub-operation outcomes of one retrieve: counts, the failed list, and the final status
-and ErrorComment they add up to."""
+and ErrorComment they add up to. (The summary line is bridge/dimse/trace.py's, written
+when the final response goes out.)"""
 
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -19,7 +18,6 @@ from bridge.translate.status import (
     WARNING_SUBOPS,
 )
 
-LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class Tally:
@@ -30,7 +28,6 @@ class Tally:
     warnings: int = 0
     failed: list[str] = field(default_factory=list)
     bytes_sent: int = 0
-    started: float = field(default_factory=time.monotonic)
     # Why sub-operations failed, most frequent first in the final ErrorComment: the
     # Failed SOP Instance UID List says which, this says why.
     reasons: Counter[str] = field(default_factory=Counter)
@@ -72,24 +69,6 @@ class Tally:
         if self.completed + self.warnings == 0:
             return OUT_OF_RESOURCES_SUBOPS
         return WARNING_SUBOPS
-
-    def log(self, service: str, peer: str, status: int) -> None:
-        seconds = max(time.monotonic() - self.started, 1e-6)
-        mb = self.bytes_sent / 1e6
-        LOGGER.info(
-            "%s done: peer %s, %d/%d instances sent, %d warning, %d failed, %.1f MB, "
-            "%.2f s, %.1f MB/s, status 0x%04X",
-            service,
-            peer,
-            self.completed + self.warnings,
-            self.total,
-            self.warnings,
-            len(self.failed),
-            mb,
-            seconds,
-            mb / seconds,
-            status,
-        )
 
 
 def failed_list(uids: list[str]) -> Dataset:
