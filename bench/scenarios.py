@@ -180,6 +180,7 @@ class Bench:
         self.studies = studies
 
         self.phase_direct(orthanc, studies)
+        self.phase_auth(pool, studies[0])
         self.phase_find(orthanc)
         self.phase_store(orthanc, store_study, store_files)
         self.phase_latency(orthanc, next(s for s in studies if s.count == o.latency_size))
@@ -206,6 +207,28 @@ class Bench:
             self.reference_latency(orthanc, study)
         self.lab.stop_bridge(slow)
         self.lab.stop_bridge(fast)
+
+    def phase_auth(self, pool: PixelPool, study: Study) -> None:
+        """The same C-GET from an Orthanc that requires HTTP Basic: the HTTP fast path
+        (bridge/dicomweb/transport.py) serves authenticated backends too."""
+        log(f"C-GET {study.count}: bridge with [dicomweb.auth] basic, Orthanc requiring it")
+        orthanc = self.lab.start_auth_orthanc()
+        assert orthanc.process is not None
+        load_study(orthanc, study, pool, 1)
+        bridge = self.lab.start_bridge(
+            "bridge-auth", orthanc.plain_dicomweb_url, 8, basic_auth=True
+        )
+        target = Target(
+            "auth",
+            "bridge basic auth",
+            bridge.port,
+            BRIDGE_AET,
+            {"bridge": bridge.pid, "orthanc": orthanc.process.pid},
+        )
+        self.warm_up(target, study)
+        self.rounds(self.cget_scenarios([target], study), self.o.reps)
+        self.lab.stop_bridge(bridge)
+        orthanc.stop()
 
     def reference_latency(self, orthanc: OrthancServer, study: Study) -> None:
         """QIDO-RS listing of the study + WADO-RS of its first instance, straight to Orthanc."""
@@ -405,6 +428,14 @@ class Bench:
                 TARGETS["cget_getscu"],
             )
             for client in ("pynetdicom", "getscu"):
+                r.ratio(
+                    f"auth.{client}.{n}",
+                    f"C-GET {n} basic auth/no auth, {client}",
+                    f"cget.auth.{client}.{n}",
+                    f"cget.bridge.{client}.{n}",
+                    None,
+                    "informative: the same fast path with auth",
+                )
                 r.ratio(
                     f"nofetch.{client}.{n}",
                     f"C-GET {n} fetches=1/fetches=8, {client}",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -98,8 +99,12 @@ class _Connection:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            async with _deadline(timeout, httpx.ReadTimeout):
-                data = await self.reader.read(_READ)
+            # Inline, not _deadline: this runs for every piece of every body.
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await self.reader.read(_READ)
+            except TimeoutError as exc:
+                raise httpx.ReadTimeout(f"timed out after {timeout:g} s") from exc
             if data:
                 self.answered = True
             # b"" is the end of the stream: h11 decides whether that ends the body
@@ -134,7 +139,16 @@ def _mapped(request: httpx.Request, *, reading: bool) -> Iterator[None]:
         raise httpx.LocalProtocolError(str(exc), request=request) from exc
     except (OSError, EOFError) as exc:
         kind = httpx.ReadError if reading else httpx.WriteError
-        raise kind(str(exc) or type(exc).__name__, request=request) from exc
+        raise kind(_describe(exc), request=request) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """A socket error as one short line: "[Errno 111] Connection refused", not asyncio's
+    "Connect call failed ('127.0.0.1', 8042)" (the caller names the URL)."""
+    errno = getattr(exc, "errno", None)
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and errno:
+        return f"[Errno {errno}] {os.strerror(errno)}"
+    return str(exc) or type(exc).__name__
 
 
 class H11Transport(httpx.AsyncBaseTransport):
@@ -220,7 +234,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                 reader, writer = await asyncio.open_connection(name, port, ssl=tls, limit=_READ)
         except OSError as exc:
             # ssl.SSLError is an OSError: map_errors finds it in the cause chain.
-            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+            raise httpx.ConnectError(_describe(exc)) from exc
         return _Connection(origin, reader, writer)
 
     async def _exchange(
