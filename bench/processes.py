@@ -74,6 +74,11 @@ def client_cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def reset_vm_hwm(pid: int) -> None:
+    """Reset a process's VmHWM to its current RSS (Linux >= 4.0: "5" to clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident set size of a process (VmHWM), in MB (10^6 bytes)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

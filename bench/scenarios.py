@@ -26,13 +26,21 @@ from bench.data import (
     Study,
     delete_study,
     find_study_payloads,
+    large_instance,
     load_study,
     study_instance_count,
     upload,
     write_study,
 )
 from bench.options import Options
-from bench.processes import Lab, ProxyProcess, client_cpu_seconds, cpu_seconds, vm_hwm_mb
+from bench.processes import (
+    Lab,
+    ProxyProcess,
+    client_cpu_seconds,
+    cpu_seconds,
+    reset_vm_hwm,
+    vm_hwm_mb,
+)
 from bench.report import Check, Results
 from bridge.translate.retrieve import INSTANCE_FIELDS
 from tests.integration.bridge_runner import BridgeProcess
@@ -44,10 +52,15 @@ TARGETS: dict[str, str] = {
     "latency": ">= 5x the fetch-ahead-disabled bridge",
     "rss_big": "<= 250 MB",
     "rss_growth": "<= 1.5x the small-study figure",
+    "rss_large": "<= idle + 40 MB",
     "first_store": "<= QIDO + one WADO-RS + 50 ms",
     "store": ">= 0.8x storescu straight to Orthanc",
     "find": "<= 1.5x Orthanc-native time",
 }
+
+
+# 40 frames of 1024 x 1024 x 16-bit: 80 MiB, above the default max_buffer_bytes (64 MiB).
+LARGE_FRAMES = 40
 
 
 @dataclass(frozen=True)
@@ -185,6 +198,7 @@ class Bench:
         self.phase_store(orthanc, store_study, store_files)
         self.phase_latency(orthanc, next(s for s in studies if s.count == o.latency_size))
         self.phase_memory(orthanc, studies[0], big)
+        self.phase_large(orthanc, pool, studies[0])
         self.summarize()
         return self.results
 
@@ -403,6 +417,49 @@ class Bench:
                 f"  {study.count} instances ({study.megabytes:.0f} MB): VmHWM {peak:.0f} MB "
                 f"(idle {before:.0f} MB), {seconds:.1f} s"
             )
+
+    def phase_large(self, orthanc: OrthancServer, pool: PixelPool, warm: Study) -> None:
+        """Peak RSS while one 80 MiB instance goes through (larger than max_buffer_bytes:
+        streamed through a temporary file), after a warm-up C-GET of `warm`."""
+        study = Study(key="large-80mib", count=1, rows=1024, columns=1024, description="LARGE")
+        payload = large_instance(study, pool, LARGE_FRAMES)
+        upload(orthanc, iter([payload]))
+        study = Study(**{**study.__dict__, "total_bytes": len(payload)})
+        del payload
+        log(f"peak RSS of a bridge sending one {study.megabytes:.0f} MB instance")
+        bridge = self.lab.start_bridge("bridge-rss-large", orthanc.dicomweb_url, 8)
+        target = self.bridge_target("rss-large", "bridge (RSS run)", bridge)
+        cget_pynetdicom(target.port, target.called, warm)
+        reset_vm_hwm(bridge.pid)
+        idle = vm_hwm_mb(bridge.pid)
+        seconds = self.measure(
+            "cget.rss-large.pynetdicom.1",
+            f"C-GET 1 x {study.megabytes:.0f} MB: bridge (RSS run) -> pynetdicom",
+            study,
+            target.pids,
+            lambda: cget_pynetdicom(target.port, target.called, study).seconds,
+        )
+        peak = vm_hwm_mb(bridge.pid)
+        self.lab.stop_bridge(bridge)
+        delete_study(orthanc, study)
+        self.results.figures["rss.large"] = {
+            "megabytes_retrieved": round(study.megabytes, 1),
+            "vmhwm_mb_idle": round(idle, 1),
+            "vmhwm_mb": round(peak, 1),
+            "seconds": round(seconds, 3),
+        }
+        self.results.checks.append(
+            Check(
+                "rss_large",
+                f"peak RSS growth, one {study.megabytes:.0f} MB instance",
+                peak - idle,
+                "MB",
+                TARGETS["rss_large"],
+                peak - idle <= 40.0,
+                f"VmHWM {peak:.0f} MB, idle (after a warm-up C-GET) {idle:.0f} MB",
+            )
+        )
+        log(f"  VmHWM {peak:.0f} MB (idle {idle:.0f} MB), {seconds:.1f} s")
 
     # ------------------------------------------------------------------ summary
 

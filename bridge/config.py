@@ -164,6 +164,7 @@ class RetrieveConfig:
     # Concurrent WADO-RS requests per C-GET/C-MOVE (1 = no fetch-ahead, the old design).
     max_concurrent_fetches: int = 8
     # Bytes of fetched instances held in memory per C-GET/C-MOVE, ahead of sending.
+    # A larger instance is written to a temporary file and sent from it in pieces.
     max_buffer_bytes: int = 64 * 1024 * 1024
     # Send instances the peer takes in their stored syntax without decoding and
     # re-encoding them (bridge/dimse/fastsend.py); false = always pynetdicom's encoder.

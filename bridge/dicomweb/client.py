@@ -24,9 +24,11 @@ from dicomweb_client.uri import URI, URISuffix
 
 from bridge.config import DicomwebConfig
 from bridge.dicomweb.breaker import CircuitBreaker, Listener
+from bridge.dicomweb.largebody import InstanceSink
 from bridge.dicomweb.multipart import (
     MultipartDecoder,
     MultipartEncoder,
+    MultipartParser,
     Part,
     boundary_from_content_type,
 )
@@ -334,6 +336,39 @@ class DicomwebClient:
             if transfer_syntax == ANY_SYNTAX or not fetch_as_stored_instead(exc):
                 raise
         return await self.retrieve_instance(ref, ANY_SYNTAX)
+
+    async def retrieve_instance_or_file(
+        self, ref: InstanceRef, directory: Path, limit: int, transfer_syntax: str = ANY_SYNTAX
+    ) -> bytes | Path:
+        """As ``retrieve_instance``, but an instance larger than `limit` bytes comes back
+        as a temporary file in `directory`, never whole in memory (largebody.py); the
+        caller deletes the file."""
+        url = self.instance_url(ref)
+        accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
+        return await self._read(
+            "wado", "WADO-RS", lambda: self._get_instance_once(url, accept, directory, limit)
+        )
+
+    async def _get_instance_once(
+        self, url: str, accept: str, directory: Path, limit: int
+    ) -> bytes | Path:
+        LOGGER.debug("WADO-RS %s", url)
+        with map_errors(url):
+            async with self.http.stream("GET", url, headers={"Accept": accept, **_NO_GZIP}) as rsp:
+                raise_for_status(rsp)
+                boundary = boundary_from_content_type(rsp.headers.get("content-type", ""))
+                parser = MultipartParser(boundary)
+                length = rsp.headers.get("content-length", "")
+                expected = int(length) if length.isdigit() else None
+                sink = InstanceSink(directory, limit, expected=expected)
+                try:
+                    async for chunk in rsp.aiter_raw():
+                        sink.feed(parser.feed(chunk))
+                    sink.feed(parser.close())
+                    return sink.result()
+                except BaseException:
+                    sink.discard()
+                    raise
 
     async def retrieve_metadata(self, ref: InstanceRef) -> dict[str, Any]:
         """WADO-RS metadata of one instance (DICOM JSON, bulk data as BulkDataURI)."""

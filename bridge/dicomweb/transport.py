@@ -46,6 +46,8 @@ _READ = 1024 * 1024
 # Orthanc drops idle keep-alive connections after 1 s: expire ours sooner, so a request
 # rarely lands on a connection the server is closing.
 KEEPALIVE_EXPIRY = 0.8
+# The largest response head accepted (h11's default is 16 KB; httpcore allows 100 KB).
+_MAX_HEAD = 100 * 1024
 # Methods whose request may be sent again when a pooled connection turns out dead.
 _REPEATABLE = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
@@ -65,7 +67,7 @@ class _Connection:
         self.origin = origin
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.CLIENT)
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
         self.idle_since = time.monotonic()
         self.reused = False
         # Whether any byte of the current answer has arrived (a dead pooled connection

@@ -455,3 +455,23 @@ def replacing_send_c_store(
     finally:
         with contextlib.suppress(AttributeError):
             del assoc.send_c_store
+
+
+def wait_sent(assoc: Any, most: int, timeout: float | None) -> bool:
+    """Wait until at most `most` PDUs are queued for `assoc`'s DUL to send (backpressure
+    for a sender streaming a large data set from a file, since pynetdicom's queue has no
+    bound); False when the association is lost or the queue did not move for `timeout`
+    seconds (the peer stopped reading)."""
+    pending = assoc.dul.to_provider_queue
+    last = pending.qsize()
+    since = time.monotonic()
+    while (size := pending.qsize()) > most:
+        if lost(assoc):
+            return False
+        now = time.monotonic()
+        if size < last:
+            last, since = size, now
+        elif timeout is not None and now - since > timeout:
+            return False
+        time.sleep(0.0005)
+    return True
