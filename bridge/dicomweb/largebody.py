@@ -2,10 +2,11 @@
 file when it is large, so that a large instance is never held whole.
 
 The answer is written to a file from its first byte when its Content-Length says it is
-larger than the limit, or from the moment it grows past the limit when the length is not
-known in advance (chunked or close-delimited answers): the in-memory part then peaks at
-the limit. The caller owns the file (and deletes it); on any failure the partial file
-is deleted here.
+larger than the limit. When the length is not known in advance (chunked or
+close-delimited answers, common behind cloud front ends), it goes to a file once it
+grows past the limit or ``UNKNOWN_LENGTH_SPILL``, whichever is smaller, so the
+in-memory part of a large answer stays small either way. The caller owns the file (and
+deletes it); on any failure the partial file is deleted here.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from typing import BinaryIO
 from bridge.dicomweb.multipart import Event, PartData, PartStart
 from bridge.errors import DicomwebProtocolError
 
+# Bytes of an answer of unknown length held in memory before it goes to a file.
+UNKNOWN_LENGTH_SPILL = 16 * 1024 * 1024
+
 
 class InstanceSink:
     """Consumes the multipart events of a one-part answer; ``result()`` is its body as
-    bytes, or as the Path of a temporary file in `directory` once past `limit` bytes."""
+    bytes, or as the Path of a temporary file in `directory` once past `limit` bytes
+    (`expected`: the answer's Content-Length, when it has one)."""
 
     def __init__(self, directory: Path, limit: int, *, expected: int | None = None) -> None:
         self.directory = directory
-        self.limit = limit
+        self.limit = limit if expected is not None else min(limit, UNKNOWN_LENGTH_SPILL)
         self.parts = 0
         self.size = 0
         self._chunks: list[bytes] = []

@@ -13,6 +13,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 
 from bridge.config import DicomwebConfig
+from bridge.dicomweb import largebody
 from bridge.dicomweb.client import make_client
 from bridge.dicomweb.multipart import encode_multipart
 from bridge.dimse.fastsend import encode_store_rq
@@ -66,6 +67,17 @@ def test_a_large_answer_comes_back_as_a_file(tmp_path: Path, chunked: bool) -> N
     got = _fetch(_answer([BODY], chunked=chunked), tmp_path, limit=100_000)
     assert isinstance(got, Path) and got.parent == tmp_path
     assert got.read_bytes() == BODY
+
+
+def test_an_answer_of_unknown_length_spills_sooner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Below the limit either way; only the chunked one, whose length is not known in
+    # advance, goes to a file past UNKNOWN_LENGTH_SPILL.
+    monkeypatch.setattr(largebody, "UNKNOWN_LENGTH_SPILL", 100_000)
+    assert _fetch(_answer([BODY], chunked=False), tmp_path, limit=10 * len(BODY)) == BODY
+    got = _fetch(_answer([BODY], chunked=True), tmp_path, limit=10 * len(BODY))
+    assert isinstance(got, Path) and got.read_bytes() == BODY
 
 
 def test_a_small_answer_stays_in_memory(tmp_path: Path) -> None:
