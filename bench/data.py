@@ -213,6 +213,22 @@ def upload(orthanc: OrthancServer, payloads: Iterator[bytes], workers: int = 4) 
     return count, total
 
 
+def upload_large(orthanc: OrthancServer, payload: bytes, piece: int = 1024 * 1024) -> None:
+    """POST one large file to /instances in 1 MiB pieces (with its Content-Length): httpx
+    sending one bytes object re-slices what is left after every socket send, quadratic
+    in the size (a 2 GB body never finished)."""
+    view = memoryview(payload)
+    pieces = (bytes(view[i : i + piece]) for i in range(0, len(view), piece))
+    response = httpx.post(
+        f"{orthanc.http_url}/instances",
+        content=pieces,
+        headers={"Content-Type": "application/dicom", "Content-Length": str(len(payload))},
+        timeout=600.0,
+    )
+    if response.status_code != 200:
+        raise BenchError(f"POST /instances: HTTP {response.status_code} {response.text}")
+
+
 def load_study(orthanc: OrthancServer, study: Study, pool: PixelPool, seq: int) -> Study:
     started = time.perf_counter()
     count, total = upload(orthanc, iter(InstanceFactory(study, pool, seq)))

@@ -30,6 +30,7 @@ from bench.data import (
     load_study,
     study_instance_count,
     upload,
+    upload_large,
     write_study,
 )
 from bench.options import Options
@@ -418,12 +419,15 @@ class Bench:
                 f"(idle {before:.0f} MB), {seconds:.1f} s"
             )
 
-    def phase_large(self, orthanc: OrthancServer, pool: PixelPool, warm: Study) -> None:
-        """Peak RSS while one 80 MiB instance goes through (larger than max_buffer_bytes:
-        streamed through a temporary file), after a warm-up C-GET of `warm`."""
-        study = Study(key="large-80mib", count=1, rows=1024, columns=1024, description="LARGE")
-        payload = large_instance(study, pool, LARGE_FRAMES)
-        upload(orthanc, iter([payload]))
+    def phase_large(
+        self, orthanc: OrthancServer, pool: PixelPool, warm: Study, frames: int = LARGE_FRAMES
+    ) -> None:
+        """Peak RSS while one instance of `frames` 2 MiB frames (80 MiB by default) goes
+        through (larger than max_buffer_bytes: streamed through a temporary file), after
+        a warm-up C-GET of `warm`."""
+        study = Study(key=f"large-{frames}", count=1, rows=1024, columns=1024, description="LARGE")
+        payload = large_instance(study, pool, frames)
+        upload_large(orthanc, payload)
         study = Study(**{**study.__dict__, "total_bytes": len(payload)})
         del payload
         log(f"peak RSS of a bridge sending one {study.megabytes:.0f} MB instance")
@@ -433,7 +437,7 @@ class Bench:
         reset_vm_hwm(bridge.pid)
         idle = vm_hwm_mb(bridge.pid)
         seconds = self.measure(
-            "cget.rss-large.pynetdicom.1",
+            f"cget.rss-large-{frames}.pynetdicom.1",
             f"C-GET 1 x {study.megabytes:.0f} MB: bridge (RSS run) -> pynetdicom",
             study,
             target.pids,
@@ -442,7 +446,7 @@ class Bench:
         peak = vm_hwm_mb(bridge.pid)
         self.lab.stop_bridge(bridge)
         delete_study(orthanc, study)
-        self.results.figures["rss.large"] = {
+        self.results.figures[f"rss.large-{frames}"] = {
             "megabytes_retrieved": round(study.megabytes, 1),
             "vmhwm_mb_idle": round(idle, 1),
             "vmhwm_mb": round(peak, 1),
@@ -450,7 +454,7 @@ class Bench:
         }
         self.results.checks.append(
             Check(
-                "rss_large",
+                f"rss_large.{frames}",
                 f"peak RSS growth, one {study.megabytes:.0f} MB instance",
                 peak - idle,
                 "MB",
