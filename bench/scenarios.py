@@ -200,6 +200,8 @@ class Bench:
         self.phase_latency(orthanc, next(s for s in studies if s.count == o.latency_size))
         self.phase_memory(orthanc, studies[0], big)
         self.phase_large(orthanc, pool, studies[0])
+        if o.huge:
+            self.phase_large(orthanc, pool, studies[0], o.huge)
         self.summarize()
         return self.results
 
