@@ -160,6 +160,23 @@ class InstanceFactory:
             yield self.encode(number)
 
 
+def large_instance(study: Study, pool: PixelPool, frames: int) -> bytes:
+    """One multi-frame instance of `frames` rows x columns frames (the large-instance row:
+    40 frames of 1024 x 1024 x 16-bit are 80 MiB of pixel data)."""
+    factory = InstanceFactory(study, pool, 90)
+    ds = factory.ds
+    uid = UID(study.instance_uid(1))
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.SOPInstanceUID = uid
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = frames
+    ds.PixelData = b"".join(pool.frame(n, study.rows, study.columns) for n in range(frames))
+    ds["PixelData"].VR = "OW"
+    buffer = io.BytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
 def upload(orthanc: OrthancServer, payloads: Iterator[bytes], workers: int = 4) -> tuple[int, int]:
     """POST every payload to Orthanc's /instances, `workers` at a time; (count, bytes)."""
     count = 0
@@ -194,6 +211,22 @@ def upload(orthanc: OrthancServer, payloads: Iterator[bytes], workers: int = 4) 
         while pending:
             pending.popleft().result()
     return count, total
+
+
+def upload_large(orthanc: OrthancServer, payload: bytes, piece: int = 1024 * 1024) -> None:
+    """POST one large file to /instances in 1 MiB pieces (with its Content-Length): httpx
+    sending one bytes object re-slices what is left after every socket send, quadratic
+    in the size (a 2 GB body never finished)."""
+    view = memoryview(payload)
+    pieces = (bytes(view[i : i + piece]) for i in range(0, len(view), piece))
+    response = httpx.post(
+        f"{orthanc.http_url}/instances",
+        content=pieces,
+        headers={"Content-Type": "application/dicom", "Content-Length": str(len(payload))},
+        timeout=600.0,
+    )
+    if response.status_code != 200:
+        raise BenchError(f"POST /instances: HTTP {response.status_code} {response.text}")
 
 
 def load_study(orthanc: OrthancServer, study: Study, pool: PixelPool, seq: int) -> Study:

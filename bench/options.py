@@ -23,6 +23,7 @@ class Options:
     store: int
     latency_ms: float
     latency_size: int
+    huge: int
     json_path: Path
     keep: bool
     quick: bool
@@ -43,6 +44,11 @@ def parse_args(argv: Sequence[str]) -> Options:
         "--latency-size", type=int, help="study size of the latency rows (default: first size)"
     )
     parser.add_argument(
+        "--huge",
+        type=int,
+        help="frames (2 MiB each) of the huge-instance RSS row (default 960, ~2 GB; 0 = none)",
+    )
+    parser.add_argument(
         "--json", default=str(REPO_ROOT / "bench" / "results" / "latest.json"), help="output"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 60,120 / big 200 / 1 rep")
@@ -61,6 +67,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     finds = args.find_studies if args.find_studies is not None else (200 if quick else 1000)
     store = args.store if args.store is not None else sizes[0]
     latency_size = args.latency_size if args.latency_size is not None else sizes[0]
+    huge = args.huge if args.huge is not None else (0 if quick else 960)
     if min([*sizes, big, reps, finds, store, latency_size]) < 1:
         parser.error("sizes, --big, --reps, --find-studies, --store must be at least 1")
     if latency_size not in sizes:
@@ -73,6 +80,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         store=store,
         latency_ms=args.latency_ms,
         latency_size=latency_size,
+        huge=max(0, huge),
         json_path=Path(args.json),
         keep=bool(args.keep),
         quick=quick,

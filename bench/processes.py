@@ -26,6 +26,23 @@ from tests.integration.bridge_runner import BridgeProcess, bridge_config, start_
 from tests.integration.orthanc import OrthancServer, dicomweb_plugin, orthanc_binary
 from tests.integration.tools import dcmtk_path, free_port
 
+AUTH_USER, AUTH_PASSWORD = "bench", "bench-s3cret"
+
+
+class AuthOrthanc(OrthancServer):
+    """Orthanc requiring HTTP Basic. The harness's own REST calls (readiness, uploads) carry
+    the credentials as the URL's userinfo, which httpx turns into Basic auth; the bridge
+    gets `plain_dicomweb_url` and ``[dicomweb.auth]``."""
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{AUTH_USER}:{AUTH_PASSWORD}@{HOST}:{self.http_port}"
+
+    @property
+    def plain_dicomweb_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}/dicom-web"
+
+
 # The proxy child is started as `python bench/run.py --proxy-child UPSTREAM DELAY_S`.
 RUN_PY = REPO_ROOT / "bench" / "run.py"
 
@@ -55,6 +72,11 @@ def client_cpu_seconds() -> float:
     """CPU of this process (the pynetdicom SCUs) plus its finished children (dcmtk tools)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def reset_vm_hwm(pid: int) -> None:
+    """Reset a process's VmHWM to its current RSS (Linux >= 4.0: "5" to clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -148,7 +170,33 @@ class Lab:
         self.orthanc = orthanc
         return orthanc
 
-    def start_bridge(self, name: str, dicomweb_url: str, fetches: int) -> BridgeProcess:
+    def start_auth_orthanc(self) -> AuthOrthanc:
+        """A second Orthanc that requires HTTP Basic (the authenticated-backend row)."""
+        orthanc = AuthOrthanc(
+            self.workdir / "orthanc-auth",
+            scu_ae_titles=(SCU_AET, GETSCU_AET),
+            extra_config={
+                "AuthenticationEnabled": True,
+                "RegisteredUsers": {AUTH_USER: AUTH_PASSWORD},
+            },
+        )
+        self._stack.callback(orthanc.stop)
+        orthanc.start()
+        return orthanc
+
+    def start_bridge(
+        self, name: str, dicomweb_url: str, fetches: int, basic_auth: bool = False
+    ) -> BridgeProcess:
+        dicomweb: dict[str, object] = {}
+        if basic_auth:
+            secret = self.workdir / "orthanc-password"
+            secret.write_text(AUTH_PASSWORD, encoding="utf-8")
+            secret.chmod(0o600)
+            dicomweb["auth"] = {
+                "type": "basic",
+                "username": AUTH_USER,
+                "password_file": str(secret),
+            }
         text = bridge_config(
             dicomweb_url,
             free_port(),
@@ -157,6 +205,7 @@ class Lab:
             shutdown_timeout=5,
             logging={"level": "WARNING"},
             retrieve={"max_concurrent_fetches": fetches},
+            dicomweb=dicomweb,
         )
         bridge = start_bridge(text, self.workdir / "bridges", name=name)
         self._stack.callback(bridge.stop, timeout=10.0)

@@ -26,13 +26,22 @@ from bench.data import (
     Study,
     delete_study,
     find_study_payloads,
+    large_instance,
     load_study,
     study_instance_count,
     upload,
+    upload_large,
     write_study,
 )
 from bench.options import Options
-from bench.processes import Lab, ProxyProcess, client_cpu_seconds, cpu_seconds, vm_hwm_mb
+from bench.processes import (
+    Lab,
+    ProxyProcess,
+    client_cpu_seconds,
+    cpu_seconds,
+    reset_vm_hwm,
+    vm_hwm_mb,
+)
 from bench.report import Check, Results
 from bridge.translate.retrieve import INSTANCE_FIELDS
 from tests.integration.bridge_runner import BridgeProcess
@@ -44,10 +53,15 @@ TARGETS: dict[str, str] = {
     "latency": ">= 5x the fetch-ahead-disabled bridge",
     "rss_big": "<= 250 MB",
     "rss_growth": "<= 1.5x the small-study figure",
+    "rss_large": "<= idle + 40 MB",
     "first_store": "<= QIDO + one WADO-RS + 50 ms",
     "store": ">= 0.8x storescu straight to Orthanc",
     "find": "<= 1.5x Orthanc-native time",
 }
+
+
+# 40 frames of 1024 x 1024 x 16-bit: 80 MiB, above the default max_buffer_bytes (64 MiB).
+LARGE_FRAMES = 40
 
 
 @dataclass(frozen=True)
@@ -180,10 +194,14 @@ class Bench:
         self.studies = studies
 
         self.phase_direct(orthanc, studies)
+        self.phase_auth(pool, studies[0])
         self.phase_find(orthanc)
         self.phase_store(orthanc, store_study, store_files)
         self.phase_latency(orthanc, next(s for s in studies if s.count == o.latency_size))
         self.phase_memory(orthanc, studies[0], big)
+        self.phase_large(orthanc, pool, studies[0])
+        if o.huge:
+            self.phase_large(orthanc, pool, studies[0], o.huge)
         self.summarize()
         return self.results
 
@@ -206,6 +224,28 @@ class Bench:
             self.reference_latency(orthanc, study)
         self.lab.stop_bridge(slow)
         self.lab.stop_bridge(fast)
+
+    def phase_auth(self, pool: PixelPool, study: Study) -> None:
+        """The same C-GET from an Orthanc that requires HTTP Basic: the HTTP fast path
+        (bridge/dicomweb/transport.py) serves authenticated backends too."""
+        log(f"C-GET {study.count}: bridge with [dicomweb.auth] basic, Orthanc requiring it")
+        orthanc = self.lab.start_auth_orthanc()
+        assert orthanc.process is not None
+        load_study(orthanc, study, pool, 1)
+        bridge = self.lab.start_bridge(
+            "bridge-auth", orthanc.plain_dicomweb_url, 8, basic_auth=True
+        )
+        target = Target(
+            "auth",
+            "bridge basic auth",
+            bridge.port,
+            BRIDGE_AET,
+            {"bridge": bridge.pid, "orthanc": orthanc.process.pid},
+        )
+        self.warm_up(target, study)
+        self.rounds(self.cget_scenarios([target], study), self.o.reps)
+        self.lab.stop_bridge(bridge)
+        orthanc.stop()
 
     def reference_latency(self, orthanc: OrthancServer, study: Study) -> None:
         """QIDO-RS listing of the study + WADO-RS of its first instance, straight to Orthanc."""
@@ -381,6 +421,52 @@ class Bench:
                 f"(idle {before:.0f} MB), {seconds:.1f} s"
             )
 
+    def phase_large(
+        self, orthanc: OrthancServer, pool: PixelPool, warm: Study, frames: int = LARGE_FRAMES
+    ) -> None:
+        """Peak RSS while one instance of `frames` 2 MiB frames (80 MiB by default) goes
+        through (larger than max_buffer_bytes: streamed through a temporary file), after
+        a warm-up C-GET of `warm`."""
+        study = Study(key=f"large-{frames}", count=1, rows=1024, columns=1024, description="LARGE")
+        payload = large_instance(study, pool, frames)
+        upload_large(orthanc, payload)
+        study = Study(**{**study.__dict__, "total_bytes": len(payload)})
+        del payload
+        log(f"peak RSS of a bridge sending one {study.megabytes:.0f} MB instance")
+        bridge = self.lab.start_bridge("bridge-rss-large", orthanc.dicomweb_url, 8)
+        target = self.bridge_target("rss-large", "bridge (RSS run)", bridge)
+        cget_pynetdicom(target.port, target.called, warm)
+        reset_vm_hwm(bridge.pid)
+        idle = vm_hwm_mb(bridge.pid)
+        seconds = self.measure(
+            f"cget.rss-large-{frames}.pynetdicom.1",
+            f"C-GET 1 x {study.megabytes:.0f} MB: bridge (RSS run) -> pynetdicom",
+            study,
+            target.pids,
+            lambda: cget_pynetdicom(target.port, target.called, study).seconds,
+        )
+        peak = vm_hwm_mb(bridge.pid)
+        self.lab.stop_bridge(bridge)
+        delete_study(orthanc, study)
+        self.results.figures[f"rss.large-{frames}"] = {
+            "megabytes_retrieved": round(study.megabytes, 1),
+            "vmhwm_mb_idle": round(idle, 1),
+            "vmhwm_mb": round(peak, 1),
+            "seconds": round(seconds, 3),
+        }
+        self.results.checks.append(
+            Check(
+                f"rss_large.{frames}",
+                f"peak RSS growth, one {study.megabytes:.0f} MB instance",
+                peak - idle,
+                "MB",
+                TARGETS["rss_large"],
+                peak - idle <= 40.0,
+                f"VmHWM {peak:.0f} MB, idle (after a warm-up C-GET) {idle:.0f} MB",
+            )
+        )
+        log(f"  VmHWM {peak:.0f} MB (idle {idle:.0f} MB), {seconds:.1f} s")
+
     # ------------------------------------------------------------------ summary
 
     def summarize(self) -> None:
@@ -405,6 +491,14 @@ class Bench:
                 TARGETS["cget_getscu"],
             )
             for client in ("pynetdicom", "getscu"):
+                r.ratio(
+                    f"auth.{client}.{n}",
+                    f"C-GET {n} basic auth/no auth, {client}",
+                    f"cget.auth.{client}.{n}",
+                    f"cget.bridge.{client}.{n}",
+                    None,
+                    "informative: the same fast path with auth",
+                )
                 r.ratio(
                     f"nofetch.{client}.{n}",
                     f"C-GET {n} fetches=1/fetches=8, {client}",

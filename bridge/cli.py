@@ -188,7 +188,8 @@ def _check(config: Config, *, offline: bool = False, peers: bool = False) -> int
         return _invalid(exc)
 
     async def probe(dicomweb: DicomwebConfig, auth: Any) -> str:
-        client = make_client(dicomweb, auth=auth)
+        # On the transport the bridge would use (retrieve.fast_http).
+        client = make_client(dicomweb, auth=auth, fast_http=config.retrieve.fast_http)
         async with client.http:
             return await client.probe()
 
@@ -345,7 +346,12 @@ def probe_backends(bridge: Bridge, timeout: float = STARTUP_PROBE_TIMEOUT_S) -> 
     async def probe(name: str) -> str:
         # A client of its own, closed after: the probe leaves the bridge's connection pools
         # and request metrics as they were (the auth object, and its token, are shared).
-        client = make_client(backends[name], backend=name, auth=bridge.auths.get(name))
+        client = make_client(
+            backends[name],
+            backend=name,
+            auth=bridge.auths.get(name),
+            fast_http=bridge.config.retrieve.fast_http,
+        )
         try:
             return await asyncio.wait_for(client.probe(), timeout)
         finally:

@@ -164,12 +164,13 @@ class RetrieveConfig:
     # Concurrent WADO-RS requests per C-GET/C-MOVE (1 = no fetch-ahead, the old design).
     max_concurrent_fetches: int = 8
     # Bytes of fetched instances held in memory per C-GET/C-MOVE, ahead of sending.
+    # A larger instance is written to a temporary file and sent from it in pieces.
     max_buffer_bytes: int = 64 * 1024 * 1024
     # Send instances the peer takes in their stored syntax without decoding and
     # re-encoding them (bridge/dimse/fastsend.py); false = always pynetdicom's encoder.
     fast_send: bool = True
-    # Fetch WADO-RS bulk data with the lean HTTP/1.1 client (bridge/dicomweb/rawget.py)
-    # when no [dicomweb.auth] is set; false = always httpx.
+    # Carry DICOMweb requests on the bridge's h11 transport (bridge/dicomweb/transport.py)
+    # under httpx, for every backend; false = httpx's default transport.
     fast_http: bool = True
     # Allow converting an instance into a lossy transfer syntax (server transcoding, e.g.
     # to JPEG Baseline) when the peer accepts nothing lossless for its SOP class. Off: such

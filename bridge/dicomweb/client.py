@@ -11,15 +11,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import ssl
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
-import httpcore
 import httpx
 from dicomweb_client.uri import URI, URISuffix
 from pydicom import dcmread
@@ -27,16 +26,18 @@ from pydicom import dcmread
 from bridge.config import DicomwebConfig
 from bridge.dicomweb import ratelimit, stow
 from bridge.dicomweb.breaker import CircuitBreaker, Listener
+from bridge.dicomweb.largebody import InstanceSink
 from bridge.dicomweb.multipart import (
     MultipartDecoder,
     MultipartEncoder,
+    MultipartParser,
     Part,
     boundary_from_content_type,
 )
 from bridge.dicomweb.outcomes import fetch_as_stored_instead, http_row, metrics_label
-from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import parse_stow_response, part10_body
+from bridge.dicomweb.transport import KEEPALIVE_EXPIRY, H11Transport
 from bridge.errors import (
     DicomwebError,
     DicomwebHTTPError,
@@ -56,11 +57,6 @@ DICOM_JSON = "application/dicom+json"
 ANY_SYNTAX = "*"
 # Bulk data is already compressed or large: gzip costs Orthanc 15x the time (measured).
 _NO_GZIP = {"Accept-Encoding": "identity"}
-# httpcore reads at most 64 KB per socket read, and anyio splits each 256 KB read of
-# asyncio's transport into four, each costing an event-loop round: with 1 MB reads an
-# instance of 0.5 MB takes two or three (measured: the event loop was most of the
-# bridge's CPU per C-GET sub-operation). A class attribute of httpcore 1.0.
-httpcore._async.http11.AsyncHTTP11Connection.READ_NUM_BYTES = 1024 * 1024
 # Characters DICOM matching needs, left unescaped by the "dicom" query encoding: servers
 # such as Orthanc 1.10 do not percent-decode query values (``DOE%5E*`` matches nothing).
 _DICOM_SAFE = "^*?,"
@@ -294,7 +290,6 @@ class DicomwebClient:
         policy: RetryPolicy | None = None,
         backend: str = "default",
         observer: Observer | None = None,
-        raw: RawGetter | None = None,
         breaker: CircuitBreaker | None = None,
         page_size: int = DicomwebConfig.page_size,
         capabilities: Capabilities = GENERIC,
@@ -304,8 +299,6 @@ class DicomwebClient:
         self.capabilities = capabilities
         # QIDO-RS limit of each page of search_pages.
         self.page_size = page_size
-        # The lean GET for WADO-RS bulk data (bridge/dicomweb/rawget.py), when usable.
-        self.raw = raw
         self.base_url = base_url.rstrip("/")
         self.query_encoding = query_encoding
         self.policy = policy or RetryPolicy()
@@ -316,8 +309,6 @@ class DicomwebClient:
         # The backend's WADO-RS rate limit (ratelimit.py): one bucket on this client's
         # request path, which every association to the backend shares.
         self.rate_limit = ratelimit.install_wado_rate_limit(http, capabilities)
-        if self.rate_limit is not None:
-            self.raw = None  # the lean GET would bypass httpx's request path
 
     async def _observed(
         self, kind: str, attempt: Callable[[], Awaitable[T]], *, transcoding: bool = False
@@ -383,8 +374,6 @@ class DicomwebClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-        if self.raw is not None:
-            await self.raw.aclose()
 
     def instance_url(
         self,
@@ -432,6 +421,39 @@ class DicomwebClient:
                 raise
         return await self.retrieve_instance(ref, ANY_SYNTAX)
 
+    async def retrieve_instance_or_file(
+        self, ref: InstanceRef, directory: Path, limit: int, transfer_syntax: str = ANY_SYNTAX
+    ) -> bytes | Path:
+        """As ``retrieve_instance``, but an instance larger than `limit` bytes comes back
+        as a temporary file in `directory`, never whole in memory (largebody.py); the
+        caller deletes the file."""
+        url = self.instance_url(ref)
+        accept = f'multipart/related; type="application/dicom"; transfer-syntax={transfer_syntax}'
+        return await self._read(
+            "wado", "WADO-RS", lambda: self._get_instance_once(url, accept, directory, limit)
+        )
+
+    async def _get_instance_once(
+        self, url: str, accept: str, directory: Path, limit: int
+    ) -> bytes | Path:
+        LOGGER.debug("WADO-RS %s", url)
+        with map_errors(url):
+            async with self.http.stream("GET", url, headers={"Accept": accept, **_NO_GZIP}) as rsp:
+                raise_for_status(rsp)
+                boundary = boundary_from_content_type(rsp.headers.get("content-type", ""))
+                parser = MultipartParser(boundary)
+                length = rsp.headers.get("content-length", "")
+                expected = int(length) if length.isdigit() else None
+                sink = InstanceSink(directory, limit, expected=expected)
+                try:
+                    async for chunk in rsp.aiter_raw():
+                        sink.feed(parser.feed(chunk))
+                    sink.feed(parser.close())
+                    return sink.result()
+                except BaseException:
+                    sink.discard()
+                    raise
+
     async def retrieve_metadata(self, ref: InstanceRef) -> dict[str, Any]:
         """WADO-RS metadata of one instance (DICOM JSON, bulk data as BulkDataURI)."""
         url = self.instance_url(ref, suffix=URISuffix.METADATA)
@@ -469,24 +491,12 @@ class DicomwebClient:
     async def _get_multipart_once(self, url: str, accept: str) -> list[Part]:
         """GET a multipart/related resource and decode it while it streams in."""
         LOGGER.debug("WADO-RS %s", url)
-        if self.raw is not None:
-            response = await self.raw.request(url, {"Accept": accept, **_NO_GZIP})
-            try:
-                boundary = boundary_from_content_type(response.headers.get("content-type", ""))
-                decoder = MultipartDecoder(boundary)
-                parts: list[Part] = []
-                async for chunk in response.chunks():
-                    parts.extend(decoder.feed(chunk))
-                parts.extend(decoder.close())
-            finally:
-                response.release()
-            return parts
         with map_errors(url):
             async with self.http.stream("GET", url, headers={"Accept": accept, **_NO_GZIP}) as rsp:
                 raise_for_status(rsp)
                 boundary = boundary_from_content_type(rsp.headers.get("content-type", ""))
                 decoder = MultipartDecoder(boundary)
-                parts = []
+                parts: list[Part] = []
                 # No chunk_size: re-chunking copies every byte once more.
                 async for chunk in rsp.aiter_raw():
                     parts.extend(decoder.feed(chunk))
@@ -586,23 +596,48 @@ class DicomwebClient:
         return f"QIDO-RS answered HTTP {response.status_code} ({len(results)} result, {server})"
 
 
-def make_http_client(config: DicomwebConfig, auth: httpx.Auth | None = None) -> httpx.AsyncClient:
-    """The HTTP client of one backend: timeouts, connection cap, TLS and auth as configured."""
+def make_http_client(
+    config: DicomwebConfig, auth: httpx.Auth | None = None, *, fast_http: bool = True
+) -> httpx.AsyncClient:
+    """The HTTP client of one backend: timeouts, connection cap, TLS and auth as configured,
+    over ``http_transport``."""
     return httpx.AsyncClient(
+        transport=http_transport(config, fast_http=fast_http),
         # No pool timeout: waiting for one of the capped connections is not the server's
         # fault, and a cancel still interrupts the wait.
         timeout=httpx.Timeout(config.timeout, pool=None),
-        limits=httpx.Limits(
-            max_connections=config.max_connections,
-            max_keepalive_connections=config.max_connections,
-            # Orthanc drops idle keep-alive connections after 1 s; expire ours sooner so a
-            # request rarely lands on a connection the server is closing.
-            keepalive_expiry=0.8,
-        ),
-        verify=tls_context(config),
         auth=auth,
         follow_redirects=False,
     )
+
+
+def http_transport(config: DicomwebConfig, *, fast_http: bool = True) -> httpx.AsyncBaseTransport:
+    """The transport under a backend's client: the bridge's h11 transport
+    (bridge/dicomweb/transport.py) unless `fast_http` is off or the environment routes
+    the backend's URL through a proxy; then httpx's own (httpcore), with that proxy."""
+    proxy = environment_proxy(config.url)
+    if fast_http and proxy is None:
+        return H11Transport(ssl_context=tls_context(config), max_connections=config.max_connections)
+    return httpx.AsyncHTTPTransport(
+        verify=tls_context(config),
+        limits=httpx.Limits(
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY,
+        ),
+        proxy=proxy,
+    )
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (``HTTP_PROXY``, ``HTTPS_PROXY``,
+    ``ALL_PROXY``, either case), unless ``NO_PROXY`` exempts its host."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 def make_client(
@@ -623,34 +658,13 @@ def make_client(
         backend=backend,
         listener=breaker_listener,
     )
-    raw = None
-    # httpx honours HTTP(S)_PROXY from the environment; the lean client does not, so it
-    # stands aside whenever a proxy is configured, as it does for authentication.
-    proxied = any(
-        os.environ.get(name)
-        for name in (
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        )
-    )
-    if fast_http and auth is None and not proxied:
-        raw = RawGetter(
-            timeout=config.timeout,
-            ssl_context=tls_context(config),
-            max_connections=config.max_connections,
-        )
     return DicomwebClient(
-        make_http_client(config, auth),
+        make_http_client(config, auth, fast_http=fast_http),
         config.url,
         query_encoding=config.query_encoding,
         policy=policy,
         backend=backend,
         observer=observer,
-        raw=raw,
         breaker=breaker,
         page_size=config.page_size,
         capabilities=config.capabilities,

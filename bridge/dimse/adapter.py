@@ -611,3 +611,23 @@ def artim_expired(assoc: Any) -> bool:
     """The connection's ARTIM timer ran out (checked on EVT_CONN_CLOSE): on a connection
     that never sent an A-ASSOCIATE-RQ, that is why pynetdicom closed it."""
     return bool(assoc.dul.artim_timer.expired)
+
+
+def wait_sent(assoc: Any, most: int, timeout: float | None) -> bool:
+    """Wait until at most `most` PDUs are queued for `assoc`'s DUL to send (backpressure
+    for a sender streaming a large data set from a file, since pynetdicom's queue has no
+    bound); False when the association is lost or the queue did not move for `timeout`
+    seconds (the peer stopped reading)."""
+    pending = assoc.dul.to_provider_queue
+    last = pending.qsize()
+    since = time.monotonic()
+    while (size := pending.qsize()) > most:
+        if lost(assoc):
+            return False
+        now = time.monotonic()
+        if size < last:
+            last, since = size, now
+        elif timeout is not None and now - since > timeout:
+            return False
+        time.sleep(0.0005)
+    return True

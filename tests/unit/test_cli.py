@@ -206,6 +206,27 @@ def test_check_ok_in_process(
     assert out.startswith(f"ok: config {path}; AE BRIDGE1 on 0.0.0.0:4242; {fake_dicomweb.url}: ")
 
 
+def test_check_probes_on_the_configured_transport(
+    tmp_path: Path, fake_dicomweb: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bridge.dicomweb.client as client_module
+
+    chosen: list[bool] = []
+    original = client_module.http_transport
+
+    def recording(config: Any, *, fast_http: bool = True) -> Any:
+        chosen.append(fast_http)
+        return original(config, fast_http=fast_http)
+
+    monkeypatch.setattr(client_module, "http_transport", recording)
+    path = write_config(
+        tmp_path,
+        f'[dicomweb]\nurl = "{fake_dicomweb.url}/"\n[retrieve]\nfast_http = false\n',
+    )
+    assert main(["check", "--config", str(path)]) == 0
+    assert chosen == [False]
+
+
 def test_check_html_is_not_dicomweb(tmp_path: Path, fake_dicomweb: FakeServer) -> None:
     fake_dicomweb.content_type = "text/html; charset=utf-8"
     fake_dicomweb.body = b"<html><body>Welcome to nginx</body></html>"

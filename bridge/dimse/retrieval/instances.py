@@ -6,9 +6,12 @@ why it cannot be sent. Closing the source cancels every fetch in flight."""
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, dcmread
@@ -19,6 +22,7 @@ from bridge.dicomweb.client import ANY_SYNTAX
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.fastsend import EncodedInstance, Part10Error
 from bridge.dimse.retrieval.fetchahead import Prefetcher, PrefetchHandle
+from bridge.dimse.retrieval.largefile import SpooledInstance
 from bridge.errors import (
     BridgeError,
     DicomwebCircuitOpen,
@@ -71,12 +75,18 @@ def accepted_syntaxes(contexts: Any, role: str) -> dict[str, frozenset[str]]:
 
 @dataclass(frozen=True)
 class WadoAnswer:
-    """What WADO-RS gave for one instance: a Part 10 file, or its metadata."""
+    """What WADO-RS gave for one instance: a Part 10 file (in memory, or a temporary
+    file when larger than ``retrieve.max_buffer_bytes``), or its metadata."""
 
     part10: bytes | None = None
     metadata: dict[str, Any] | None = None
+    path: Path | None = None
 
     def size(self) -> int:
+        if self.path is not None:
+            # On disk, not in memory; counted all the same, so that fetch-ahead does not
+            # pile up large files either.
+            return self.path.stat().st_size
         # Metadata is small next to pixel data; count it as a nominal 64 KB.
         return len(self.part10) if self.part10 is not None else 65536
 
@@ -114,6 +124,8 @@ class InstanceSource:
         self.cancelled = cancelled
         # (series, SOP class) → what to ask the server for, learned from earlier instances.
         self.hints: dict[tuple[str, str], str] = {}
+        # Where instances larger than max_buffer_bytes are written, while subops() runs.
+        self.directory: Path | None = None
 
     async def _fetch(self, ref: InstanceRef) -> WadoAnswer:
         if ref.sop_class_uid and not self.accepted.get(ref.sop_class_uid):
@@ -123,11 +135,28 @@ class InstanceSource:
         key = (ref.series_uid, ref.sop_class_uid)
         hint = self.hints.get(key, ANY_SYNTAX)
         if hint in (ANY_SYNTAX, _LOCAL):
-            return WadoAnswer(part10=await self.ctx.client.retrieve_instance(ref, ANY_SYNTAX))
+            return await self._fetch_as_stored(ref)
         # As stored when the server cannot transcode this instance: _prepare decides.
         return WadoAnswer(part10=await self.ctx.client.retrieve_instance_transcoded(ref, hint))
 
+    async def _fetch_as_stored(self, ref: InstanceRef) -> WadoAnswer:
+        """The instance as stored; in a temporary file when larger than the buffer budget."""
+        assert self.directory is not None
+        got = await self.ctx.client.retrieve_instance_or_file(
+            ref, self.directory, self.ctx.config.retrieve.max_buffer_bytes
+        )
+        return WadoAnswer(path=got) if isinstance(got, Path) else WadoAnswer(part10=got)
+
     def subops(self) -> Generator[SubOperation, None, None]:
+        # Large instances go to files here; removed with whatever is left in it at the end
+        # (also files a cancelled fetch was still writing).
+        self.directory = Path(tempfile.mkdtemp(prefix="dimse-bridge-retrieve-"))
+        try:
+            yield from self._subops()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _subops(self) -> Generator[SubOperation, None, None]:
         retrieve = self.ctx.config.retrieve
         prefetcher: Prefetcher[InstanceRef, WadoAnswer] = Prefetcher(
             self.refs,
@@ -148,11 +177,21 @@ class InstanceSource:
                         yield self._prepare(ref, fetched.value)
                 finally:
                     handle.release(index)
+                    if fetched.value is not None and fetched.value.path is not None:
+                        fetched.value.path.unlink(missing_ok=True)
 
     def _prepare(self, ref: InstanceRef, fetched: WadoAnswer) -> SubOperation:
         if fetched.metadata is not None:
             return self._prepare_metadata(ref, fetched.metadata)
-        payload = fetched.part10
+        payload: bytes | None
+        if fetched.path is not None:
+            spooled = self._prepare_spooled(ref, fetched.path)
+            if spooled is not None:
+                return spooled
+            # To be checked or converted by pydicom: read whole after all.
+            payload = fetched.path.read_bytes()
+        else:
+            payload = fetched.part10
         assert payload is not None
         if self.ctx.config.retrieve.fast_send:
             fast = self._prepare_encoded(ref, payload)
@@ -311,6 +350,23 @@ class InstanceSource:
         if str(instance.transfer_syntax) not in accepted:
             return None
         return SubOperation(ref, dataset=instance, size=len(payload))
+
+    def _prepare_spooled(self, ref: InstanceRef, path: Path) -> SubOperation | None:
+        """A large instance sent from its file (largefile.py) when the peer takes its
+        stored syntax exactly; None to read it into memory and decide as for any other."""
+        if not self.ctx.config.retrieve.fast_send:
+            return None
+        try:
+            instance = SpooledInstance(path)
+        except Part10Error:
+            return None
+        if str(instance.SOPInstanceUID) != ref.sop_instance_uid:
+            return None
+        if str(instance.transfer_syntax) not in self.accepted.get(
+            str(instance.SOPClassUID), frozenset()
+        ):
+            return None
+        return SubOperation(ref, dataset=instance, size=path.stat().st_size)
 
     def _prepare_metadata(self, ref: InstanceRef, metadata: dict[str, Any]) -> SubOperation:
         try:

@@ -23,6 +23,7 @@ from bridge.dimse import adapter
 from bridge.dimse.context import ASSOCIATION_ENDED, BridgeContext, CancelWatch
 from bridge.dimse.fastsend import EncodedInstance, send_encoded
 from bridge.dimse.retrieval.instances import InstanceSource, accepted_syntaxes
+from bridge.dimse.retrieval.largefile import SpooledInstance, send_spooled
 from bridge.dimse.retrieval.tally import Tally, failed_list
 from bridge.loop_thread import Cancelled
 from bridge.models import InstanceRef
@@ -83,6 +84,9 @@ class StoreOutcomes:
             try:
                 if isinstance(dataset, EncodedInstance):
                     rsp = send_encoded(self.assoc, dataset, *args, **kwargs)
+                elif isinstance(dataset, SpooledInstance):
+                    # A large instance, from its temporary file (largefile.py).
+                    rsp = send_spooled(self.assoc, dataset, *args, **kwargs)
                 else:
                     rsp = original(dataset, *args, **kwargs)
             except Exception as exc:
