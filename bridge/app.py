@@ -19,12 +19,14 @@ from bridge.config import Backend, Config
 from bridge.dicomweb.auth import build_auth
 from bridge.dicomweb.breaker import State
 from bridge.dicomweb.client import DicomwebClient, make_client
+from bridge.dimse import adapter
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.server import DimseServer
 from bridge.errors import BridgeError, ListenError
 from bridge.loop_thread import LoopThread
 from bridge.ops.http import OpsServer
 from bridge.ops.metrics import Metrics
+from bridge.spool.spool import Spool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,6 +50,11 @@ class Bridge:
         # Built here, off the event loop: credentials discovery may block, and a broken
         # auth setup must fail the start (ConfigError), not the first request.
         self.auths = {backend.name: build_auth(backend.dicomweb.auth) for backend in self.backends}
+        # Spool mode: spool_dir checked (ConfigError) and recovered before anything listens.
+        self.spool: Spool | None = None
+        if config.store.mode == "spool":
+            self.spool = Spool(config.store, config.source, self.metrics)
+            adapter.receive_into(self.spool.incoming)
 
     def start(self) -> None:
         self.loop.start()
@@ -61,8 +68,11 @@ class Bridge:
             dicomweb=default.dicomweb,
             routes={b.ae_title: (b.name, self.clients[b.name], b.dicomweb) for b in named},
             metrics=self.metrics,
+            spool=self.spool,
         )
         try:
+            if self.spool is not None:
+                self.spool.start(self.loop, self.clients)
             self.dimse.start(self.context, self.metrics)
             if config.ops.address is not None:
                 self.ops = OpsServer(config.ops.address, self.metrics, self.ready)
@@ -84,7 +94,9 @@ class Bridge:
         self.dimse.log_listening()
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness for /readyz: every backend answers its QIDO-RS probe."""
+        """Readiness for /readyz: every backend answers its QIDO-RS probe. In spool mode
+        the bridge stays ready while a backend is down (C-STOREs are still kept), and the
+        answer reports the spool's backlog."""
         if self._stopping.is_set():
             return False, "shutting down"
         summaries = []
@@ -92,9 +104,15 @@ class Bridge:
             try:
                 summaries.append(f"{name}: {self.loop.call(client.probe(), timeout=5.0)}")
             except BridgeError as exc:
-                return False, f"{name}: {exc}"
+                if self.spool is None:
+                    return False, f"{name}: {exc}"
+                summaries.append(f"{name}: {exc}")
             except TimeoutError:
-                return False, f"{name}: DICOMweb probe timed out after 5 s"
+                if self.spool is None:
+                    return False, f"{name}: DICOMweb probe timed out after 5 s"
+                summaries.append(f"{name}: DICOMweb probe timed out after 5 s")
+        if self.spool is not None:
+            summaries.append(self.spool.backlog())
         return True, "; ".join(summaries)
 
     def active_associations(self) -> int:
@@ -108,6 +126,10 @@ class Bridge:
         """Stop accepting, let running associations finish (bounded), then free everything."""
         self._stopping.set()
         self.dimse.stop()
+        if self.spool is not None:
+            # After the listeners: the C-STOREs being received are kept first. Uploads in
+            # flight are interrupted; their rows go back to queued.
+            self.spool.stop()
         self._close_http()
         self.loop.stop()
         # Last, so /healthz keeps answering while associations drain.

@@ -34,7 +34,7 @@ from bridge.dicomweb.multipart import (
 from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead, http_row
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
-from bridge.dicomweb.stow import parse_stow_response, part10_body
+from bridge.dicomweb.stow import batch_length, parse_stow_response, part10_body, stream_batch
 from bridge.errors import (
     DicomwebError,
     DicomwebHTTPError,
@@ -432,6 +432,46 @@ class DicomwebClient:
         return parse_stow_response(
             response.status_code, response.content, sop_instance_uid, response.reason_phrase
         )
+
+    async def store_instances(self, files: Sequence[tuple[Path, str]]) -> list[StowResult]:
+        """STOW-RS several Part 10 files in one request (one multipart/related body, each
+        file streamed from disk); the server's verdict on each, in the order given.
+
+        The spool's uploads (bridge/spool/uploader.py). As ``store_instance``: HTTP errors
+        are verdicts, only transport failures raise; retried only when never sent.
+        """
+        if len(files) == 1:
+            return [await self.store_instance(*files[0])]
+        url = f"{self.base_url}/studies"
+        paths = [path for path, _ in files]
+
+        async def attempt() -> httpx.Response:
+            encoder = MultipartEncoder()
+            headers = {
+                "Content-Type": encoder.content_type,
+                "Content-Length": str(batch_length(paths, encoder)),
+                "Accept": DICOM_JSON,
+                **_NO_GZIP,
+            }
+            with map_errors(url):
+                return await self.http.post(
+                    url, content=stream_batch(paths, encoder), headers=headers
+                )
+
+        response = await retrying(
+            lambda: self._observed("stow", attempt),
+            self.policy,
+            idempotent=False,
+            what="STOW-RS",
+            breaker=self.breaker,
+        )
+        LOGGER.debug("STOW-RS %s (%d instances) -> %d", url, len(files), response.status_code)
+        return [
+            parse_stow_response(
+                response.status_code, response.content, uid, response.reason_phrase
+            )
+            for _, uid in files
+        ]
 
     async def probe(self) -> str:
         """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError.

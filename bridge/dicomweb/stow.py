@@ -6,7 +6,7 @@ The framing around the file is ``multipart.MultipartEncoder``'s, the one encoder
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +115,22 @@ def parse_stow_response(
         busy=status_code >= 400 and http_row(status_code).busy,
         credentials_refused=status_code >= 400 and http_row(status_code).refused,
     )
+
+
+def batch_length(paths: Sequence[Path], encoder: MultipartEncoder) -> int:
+    """The byte length of ``stream_batch(paths, encoder)``: its Content-Length."""
+    probe = MultipartEncoder(encoder.boundary)  # the same framing, without using `encoder`
+    return sum(len(probe.part(PART10)) + path.stat().st_size for path in paths) + len(
+        probe.close()
+    )
+
+
+async def stream_batch(paths: Sequence[Path], encoder: MultipartEncoder) -> AsyncIterator[bytes]:
+    """One multipart/related STOW-RS body of several Part 10 files, read from disk in chunks
+    (never a whole file in memory), one part per file in the order given."""
+    for path in paths:
+        yield encoder.part(PART10)
+        async with await anyio.open_file(path, "rb") as handle:
+            while chunk := await handle.read(_CHUNK):
+                yield chunk
+    yield encoder.close()

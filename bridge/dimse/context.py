@@ -12,6 +12,7 @@ from bridge.dicomweb.client import DicomwebClient
 from bridge.loop_thread import LoopThread
 from bridge.models import QidoPage, QidoQuery
 from bridge.ops.metrics import Metrics
+from bridge.spool.spool import Spool
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class BridgeContext:
     # called AE title → (backend name, client, config) of the named backends
     routes: Mapping[str, tuple[str, DicomwebClient, DicomwebConfig]] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    # [store] mode = "spool": C-STOREs are kept here and uploaded in the background.
+    spool: Spool | None = None
 
     def for_event(self, event: Event) -> BridgeContext:
         # The called AE title of the A-ASSOCIATE-RQ: pynetdicom's acceptor.ae_title is the

@@ -1,0 +1,238 @@
+"""The spool's background uploader: workers on the bridge's event loop, batches, fates, retries.
+
+Each worker takes the next batch from the index (arrival order, one backend, within
+batch_max_instances and batch_max_bytes), sends it as one STOW-RS request through that
+backend's DICOMweb client (so auth, TLS, max_connections, the circuit breaker, metrics
+and server profiles apply), and gives each instance its fate from the answer (``fate``,
+the one table). A batch the server refuses as a whole, without a word about each
+instance, is sent again one instance per request before anything in it is declared dead:
+one bad instance never dead-letters its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bridge.config import StoreConfig
+from bridge.dicomweb.client import DicomwebClient
+from bridge.errors import DicomwebError
+from bridge.models import StowResult
+from bridge.ops.metrics import Metrics
+from bridge.spool.index import Index, Row
+
+LOGGER = logging.getLogger(__name__)
+
+# Failure Reasons (PS3.18 Table 10.5.3-3) the spool reads.
+_DUPLICATE = 0x0111
+_OUT_OF_RESOURCES_MASK = 0xA700
+# HTTP 408 Request Timeout: asking again may work (429 and 5xx are StowResult.busy).
+_REQUEST_TIMEOUT = 408
+# How often an idle worker looks for due rows (new rows also wake it at once).
+IDLE_POLL_S = 0.5
+
+
+class Kind(enum.Enum):
+    DONE = "done"
+    RETRY = "retry"
+    DEAD = "dead"
+    # The answer said nothing about this instance: alone it is a RETRY or DEAD by the
+    # HTTP status; in a batch it is sent again on its own first.
+    UNANSWERED = "unanswered"
+
+
+@dataclass(frozen=True)
+class Fate:
+    kind: Kind
+    reason: str
+    outcome: str = ""  # metrics label (stored, already_present, retry, dead)
+
+
+def fate(result: StowResult, alone: bool) -> Fate:
+    """What to do with one instance after the server's answer about it.
+
+    ::
+
+        listed as stored (warnings too)              done      stored
+        Failure Reason 0x0111, or a 409 alone        done      already_present
+        Failure Reason 0xA7xx                        retry
+        any other Failure Reason (0xA9xx, 0x0122...) dead      the reason
+        HTTP 408, 429, 5xx                           retry
+        other 4xx, nothing about the instance        in a batch: sent alone; alone: dead
+        2xx without the instance listed              in a batch: sent alone; alone: retry
+    """
+    code = result.status_code
+    reason = result.failure_reason
+    if result.stored:
+        return Fate(Kind.DONE, "", "stored")
+    if reason == _DUPLICATE:
+        return Fate(Kind.DONE, "already present", "already_present")
+    if reason is not None and reason & 0xFF00 == _OUT_OF_RESOURCES_MASK:
+        return Fate(Kind.RETRY, f"HTTP {code}, failure reason 0x{reason:04X}")
+    if reason is not None:
+        return Fate(Kind.DEAD, f"HTTP {code}, failure reason 0x{reason:04X}")
+    if result.busy or code == _REQUEST_TIMEOUT:
+        return Fate(Kind.RETRY, f"HTTP {code} {result.reason_phrase}".strip())
+    if not alone:
+        return Fate(Kind.UNANSWERED, f"HTTP {code}")
+    if result.conflict:
+        return Fate(Kind.DONE, "already present (HTTP 409)", "already_present")
+    if result.http_success:
+        return Fate(Kind.RETRY, f"HTTP {code} but the instance was not listed as stored")
+    return Fate(Kind.DEAD, f"HTTP {code} {result.reason_phrase}".strip())
+
+
+def retry_delay(attempts: int, config: StoreConfig, rng: random.Random) -> float:
+    """Seconds before the next try after `attempts` failed ones: full-jitter exponential
+    backoff from retry_initial, capped at retry_max."""
+    ceiling = min(config.retry_max, config.retry_initial * 2 ** max(0, attempts - 1))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class Uploader:
+    """The upload workers of one spool; ``run()`` until cancelled."""
+
+    def __init__(
+        self,
+        index: Index,
+        files: Path,
+        config: StoreConfig,
+        clients: Mapping[str, DicomwebClient],
+        metrics: Metrics,
+        on_done: Callable[[int], None],
+    ) -> None:
+        self.index = index
+        self.files = files
+        self.config = config
+        self.clients = clients
+        self.metrics = metrics
+        self.on_done = on_done  # bytes freed: the spool's budget
+        self.rng = random.Random()
+        self.wake = asyncio.Event()
+
+    async def run(self) -> None:
+        workers = [
+            asyncio.create_task(self._worker(), name=f"spool-upload-{n}")
+            for n in range(self.config.upload_workers)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _worker(self) -> None:
+        while True:
+            rows = await asyncio.to_thread(
+                self.index.claim, self.config.batch_max_instances, self.config.batch_max_bytes
+            )
+            if not rows:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                await self._upload(rows)
+            except asyncio.CancelledError:
+                # Shutdown: what was in flight goes back to queued, as it was.
+                await asyncio.shield(asyncio.to_thread(self.index.requeue, [r.id for r in rows]))
+                raise
+            except Exception:
+                LOGGER.exception("spool upload of %d instance(s) failed", len(rows))
+                await asyncio.to_thread(self.index.requeue, [r.id for r in rows])
+                await asyncio.sleep(self.config.retry_initial)
+
+    async def _upload(self, rows: Sequence[Row]) -> None:
+        client = self.clients.get(rows[0].backend)
+        if client is None:
+            for row in rows:
+                await self._settle(row, Fate(Kind.DEAD, f"no backend {row.backend!r} configured"))
+            return
+        if len(rows) > 1 and any(not (self.files / r.file).exists() for r in rows):
+            # An admin purge or a disk accident: send what is there, one by one.
+            for row in rows:
+                await self._upload([row])
+            return
+        if not (self.files / rows[0].file).exists():
+            await self._settle(rows[0], Fate(Kind.DEAD, "file missing"))
+            return
+        started = time.monotonic()
+        size = sum(r.bytes for r in rows)
+        self.metrics.spool_batch(len(rows))
+        try:
+            results = await client.store_instances(
+                [(self.files / r.file, r.sop_instance_uid) for r in rows]
+            )
+            fates = [fate(result, len(rows) == 1) for result in results]
+        except DicomwebError as exc:
+            fates = [Fate(Kind.RETRY, str(exc))] * len(rows)
+        tally: dict[str, int] = {}
+        alone: list[Row] = []
+        done: list[Row] = []
+        for row, row_fate in zip(rows, fates, strict=True):
+            if row_fate.kind is Kind.UNANSWERED:
+                alone.append(row)
+                continue
+            tally[row_fate.kind.value] = tally.get(row_fate.kind.value, 0) + 1
+            if row_fate.kind is Kind.DONE:
+                done.append(row)
+                self.metrics.spool_uploads(row_fate.outcome or "stored")
+            else:
+                await self._settle(row, row_fate)
+        if done:
+            await asyncio.to_thread(self._done, done)
+        LOGGER.info(
+            "spool upload to %s: %d instance(s), %.1f MB, %.2f s: %s",
+            rows[0].backend,
+            len(rows),
+            size / 1e6,
+            time.monotonic() - started,
+            ", ".join(f"{n} {k}" for k, n in sorted(tally.items()))
+            + (f"{', ' if tally else ''}{len(alone)} sent again one by one" if alone else ""),
+        )
+        for row in alone:
+            # Refused as a whole: each alone, so that only the bad ones are dead.
+            await self._upload([row])
+
+    async def _settle(self, row: Row, row_fate: Fate) -> None:
+        """A failed attempt: dead, or failed with its next try scheduled."""
+        now = time.time()
+        expired = now - row.retry_since >= self.config.retry_for
+        if row_fate.kind is Kind.DEAD or expired:
+            reason = row_fate.reason
+            if row_fate.kind is not Kind.DEAD:
+                reason = f"retried for {self.config.retry_for:g} s: {reason}"
+            await asyncio.to_thread(self.index.mark_dead, row.id, reason)
+            self.metrics.spool_uploads("dead")
+            LOGGER.warning(
+                "spool: instance from %s dead-lettered after %d attempt(s): %s "
+                "(`dimse-bridge spool retry` sends it again)",
+                row.calling_ae,
+                row.attempts + 1,
+                reason,
+            )
+            LOGGER.debug("spool: dead-lettered %s", row.sop_instance_uid)
+            return
+        delay = retry_delay(row.attempts + 1, self.config, self.rng)
+        await asyncio.to_thread(self.index.mark_failed, row.id, row_fate.reason, now + delay)
+        self.metrics.spool_uploads("retry")
+
+    def _done(self, rows: Sequence[Row]) -> None:
+        # The rows first (one commit): a crash between the two leaves files whose rows are
+        # done, which the next start removes; never a row waiting for a deleted file.
+        self.index.mark_done([row.id for row in rows])
+        for row in rows:
+            try:
+                (self.files / row.file).unlink()
+            except FileNotFoundError:
+                pass
+        self.on_done(sum(row.bytes for row in rows))
