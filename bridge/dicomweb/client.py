@@ -34,7 +34,13 @@ from bridge.dicomweb.multipart import (
 from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead, http_row
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
-from bridge.dicomweb.stow import batch_length, parse_stow_response, part10_body, stream_batch
+from bridge.dicomweb.stow import (
+    batch_length,
+    parse_batch_response,
+    parse_stow_response,
+    part10_body,
+    stream_batch,
+)
 from bridge.errors import (
     DicomwebError,
     DicomwebHTTPError,
@@ -466,12 +472,12 @@ class DicomwebClient:
             breaker=self.breaker,
         )
         LOGGER.debug("STOW-RS %s (%d instances) -> %d", url, len(files), response.status_code)
-        return [
-            parse_stow_response(
-                response.status_code, response.content, uid, response.reason_phrase
-            )
-            for _, uid in files
-        ]
+        return parse_batch_response(
+            response.status_code,
+            response.content,
+            [uid for _, uid in files],
+            response.reason_phrase,
+        )
 
     async def probe(self) -> str:
         """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError.

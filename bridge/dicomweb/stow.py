@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,33 @@ async def stream_batch(paths: Sequence[Path], encoder: MultipartEncoder) -> Asyn
             while chunk := await handle.read(_CHUNK):
                 yield chunk
     yield encoder.close()
+
+
+def parse_batch_response(
+    status_code: int, body: bytes, sop_instance_uids: Sequence[str], reason_phrase: str = ""
+) -> list[StowResult]:
+    """What a STOW-RS answer to a request of several instances says about each.
+
+    PS3.18 10.5.3: a 409 (some failed) is read instance by instance like a 202, so an
+    instance it lists in the ReferencedSOPSequence, and not as failed, is stored.
+    """
+    results = [
+        parse_stow_response(status_code, body, uid, reason_phrase) for uid in sop_instance_uids
+    ]
+    if status_code != 409:
+        return results
+    try:
+        parsed: Any = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return results
+    if isinstance(parsed, list) and parsed and isinstance(parsed[0], Mapping):
+        parsed = parsed[0]
+    if not isinstance(parsed, Mapping):
+        return results
+    referenced = _items(parsed, _REFERENCED_SOP_SEQUENCE)
+    return [
+        replace(result, stored=True)
+        if result.failure_reason is None and any(_refers_to(i, uid) for i in referenced)
+        else result
+        for uid, result in zip(sop_instance_uids, results, strict=True)
+    ]

@@ -171,7 +171,8 @@ def instances(key: str, n: int, tmp_path: Path) -> tuple[list[Dataset], list[Pat
     """`n` tiny CT instances of a new study, written to files; decoded back from them."""
     directory = tmp_path / f"in-{key}"
     directory.mkdir()
-    paths, datasets = [], []
+    paths: list[Path] = []
+    datasets: list[Dataset] = []
     for ds in make_ct_series(n, rows=8, columns=8, key=f"spool-{key}"):
         path = directory / f"{ds.SOPInstanceUID}.dcm"
         path.write_bytes(to_bytes(ds))
