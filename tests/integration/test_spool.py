@@ -351,9 +351,12 @@ def test_sigkill_twice_loses_nothing_acknowledged(
     for sender in senders:
         sender.start()
     rng = random.Random(7)
+    backlog_at_kill = []
     for _ in range(2):
         time.sleep(rng.uniform(0.5, 2.5))
         bridge.kill()
+        counts = bridge.status()["counts"]  # the index of the dead process
+        backlog_at_kill.append(counts["queued"] + counts["uploading"] + counts["failed"])
         bridge.start()
     for sender in senders:
         sender.join(160)
@@ -364,7 +367,8 @@ def test_sigkill_twice_loses_nothing_acknowledged(
     assert missing == set()
     assert_in_orthanc_equal(side.server, datasets)
     log = bridge.process.log_text() if bridge.process else ""
-    assert log.count("=====") == 3  # started three times
+    assert log.count("-m bridge run --config") == 3  # started three times
+    assert all(n > 0 for n in backlog_at_kill), backlog_at_kill  # killed with work pending
 
 
 # --------------------------------------------------------------------------- dead letters
