@@ -25,6 +25,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.sequence import Sequence as DicomSequence
@@ -519,13 +520,30 @@ def _commit(process: BridgeProcess, datasets: Sequence[Dataset], wait: float) ->
 def test_commitment_waits_for_uploads_then_reports_committed(
     side: Side, proxy: FaultProxy, make_bridge: Any, tmp_path: Path
 ) -> None:
-    """With the server down (503), a commitment request for spooled instances gets no
-    report; once the server is back and they are uploaded, event type 1."""
+    """With the server down (every request answered 503), a commitment request for
+    spooled instances gets no report; once the server is back and they are uploaded,
+    event type 1. Meanwhile /readyz stays 200 and reports the backlog, and /metrics has
+    the spool's gauges."""
     datasets, _ = instances("commit", 3, tmp_path)
-    proxy.fail(503, STOW, method="POST")
+    proxy.fail(503, "/dicom-web")
+    listen = f"127.0.0.1:{free_port()}"
     bridge = make_bridge()
+    bridge.config_text += f'\n[ops]\nlisten = "{listen}"\n'
+    bridge.config_path.write_text(bridge.config_text)
     process = bridge.start()
     assert pynetdicom_store(process, datasets) == [SUCCESS] * 3
+    time.sleep(2.5)  # the readiness cache and the metrics' housekeeping
+    ready = httpx.get(f"http://{listen}/readyz", timeout=15)
+    assert ready.status_code == 200, ready.text
+    assert "503" in ready.text and "spool: 3 to upload" in ready.text, ready.text
+    metrics = httpx.get(f"http://{listen}/metrics", timeout=15).text
+    waiting = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("dimse_bridge_spool_instances{") and 'state="done"' not in line
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in waiting) == 3, waiting
+    assert "dimse_bridge_spool_oldest_queued_seconds" in metrics
     results: list[list[Any]] = []
     asker = threading.Thread(target=lambda: results.append(_commit(process, datasets, 30)))
     asker.start()
