@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     FINDSCU_AET,
@@ -148,7 +149,10 @@ class Lab:
         self.orthanc = orthanc
         return orthanc
 
-    def start_bridge(self, name: str, dicomweb_url: str, fetches: int) -> BridgeProcess:
+    def start_bridge(
+        self, name: str, dicomweb_url: str, fetches: int, **extra: Any
+    ) -> BridgeProcess:
+        """A bridge on `dicomweb_url`; `extra` are bridge_config() overrides (store={...})."""
         text = bridge_config(
             dicomweb_url,
             free_port(),
@@ -157,6 +161,7 @@ class Lab:
             shutdown_timeout=5,
             logging={"level": "WARNING"},
             retrieve={"max_concurrent_fetches": fetches},
+            **extra,
         )
         bridge = start_bridge(text, self.workdir / "bridges", name=name)
         self._stack.callback(bridge.stop, timeout=10.0)

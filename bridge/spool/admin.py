@@ -133,7 +133,7 @@ def retry(config: Config, *, uids: Sequence[str] | None, out: TextIO, err: TextI
         count, missing = index.retry(uids)
     finally:
         index.close()
-    out.write(f"{count} instance(s) queued for upload again\n")
+    out.write(f"{count} instance(s) queued for upload now\n")
     for uid in missing:
         err.write(f"dimse-bridge: {uid}: not in the spool\n")
     return EXIT_UNKNOWN_UID if missing else EXIT_OK

@@ -298,7 +298,7 @@ class Index:
     def retry(self, uids: Sequence[str] | None) -> tuple[int, list[str]]:
         """Dead (and waiting failed) rows back to queued, due now, with a fresh retry_for.
 
-        `uids` None: every dead row. Returns how many rows were requeued, and the UIDs
+        `uids` None: every dead and failed row. Returns how many rows were requeued, and the UIDs
         named that the spool does not hold at all.
         """
         now = time.time()
@@ -308,7 +308,9 @@ class Index:
         )
         with self._lock:
             if uids is None:
-                n = self._db.execute(requeue + "state = 'dead'", (now, now)).rowcount
+                n = self._db.execute(
+                    requeue + "state IN ('dead', 'failed')", (now, now)
+                ).rowcount
                 return n, []
             missing: list[str] = []
             n = 0
