@@ -195,12 +195,13 @@ class Index:
                 [(now, i) for i in ids],
             )
 
-    def mark_failed(self, row_id: int, error: str, next_attempt_at: float) -> None:
+    def mark_failed(self, retries: Sequence[tuple[int, str, float]]) -> None:
+        """(row id, error, next attempt time) of each failed attempt, in one commit."""
         with self._lock:
-            self._db.execute(
+            self._db.executemany(
                 "UPDATE instances SET state = 'failed', attempts = attempts + 1, "
                 "last_error = ?, next_attempt_at = ? WHERE id = ? AND state = 'uploading'",
-                (error, next_attempt_at, row_id),
+                [(error, when, row_id) for row_id, error, when in retries],
             )
 
     def mark_dead(self, row_id: int, error: str) -> None:
@@ -308,9 +309,7 @@ class Index:
         )
         with self._lock:
             if uids is None:
-                n = self._db.execute(
-                    requeue + "state IN ('dead', 'failed')", (now, now)
-                ).rowcount
+                n = self._db.execute(requeue + "state IN ('dead', 'failed')", (now, now)).rowcount
                 return n, []
             missing: list[str] = []
             n = 0

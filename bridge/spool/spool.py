@@ -108,7 +108,12 @@ def check_spool_dir(config: StoreConfig, source: str) -> Path:
 def _fsync_path(path: Path, directory: bool = False) -> None:
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
-        os.fsync(fd)
+        if directory:
+            os.fsync(fd)
+        else:
+            # The data and the size needed to read it back; the name is the directory's
+            # fsync, next.
+            os.fdatasync(fd)
     finally:
         os.close(fd)
 
@@ -206,8 +211,9 @@ class Spool:
         return None
 
     def _freed(self, size: int) -> None:
-        with self._lock:
-            self._bytes -= size
+        # Not subtracted here: the next count from the index (within a second) frees the
+        # budget, so that a count racing with this one never lets the spool overfill.
+        del size
 
     def _wake(self) -> None:
         loop, uploader = self._loop, self._uploader

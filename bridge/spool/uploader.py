@@ -34,8 +34,11 @@ _DUPLICATE = 0x0111
 _OUT_OF_RESOURCES_MASK = 0xA700
 # HTTP 408 Request Timeout: asking again may work (429 and 5xx are StowResult.busy).
 _REQUEST_TIMEOUT = 408
-# How often an idle worker looks for due rows (new rows also wake it at once).
+# How often an idle uploader looks for due rows (new rows also wake it).
 IDLE_POLL_S = 0.5
+# After a new row wakes it, the uploader waits this long before taking a batch, so that
+# a modality's burst goes up in a few full batches rather than many of one instance.
+LINGER_S = 0.02
 
 
 class Kind(enum.Enum):
@@ -117,39 +120,47 @@ class Uploader:
         self.wake = asyncio.Event()
 
     async def run(self) -> None:
-        workers = [
-            asyncio.create_task(self._worker(), name=f"spool-upload-{n}")
-            for n in range(self.config.upload_workers)
-        ]
+        """Take a batch whenever one of the upload_workers slots is free, and upload it in
+        a task of its own: one claim at a time, and while every slot is busy the backlog
+        grows into fuller batches."""
+        slots = asyncio.Semaphore(self.config.upload_workers)
+        running: set[asyncio.Task[None]] = set()
         try:
-            await asyncio.gather(*workers)
+            while True:
+                await slots.acquire()
+                rows = await asyncio.to_thread(
+                    self.index.claim, self.config.batch_max_instances, self.config.batch_max_bytes
+                )
+                if not rows:
+                    slots.release()
+                    self.wake.clear()
+                    try:
+                        await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
+                        await asyncio.sleep(LINGER_S)
+                    except TimeoutError:
+                        pass
+                    continue
+                task = asyncio.create_task(self._batch(rows, slots), name="spool-upload")
+                running.add(task)
+                task.add_done_callback(running.discard)
         finally:
-            for task in workers:
+            for task in list(running):
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)
 
-    async def _worker(self) -> None:
-        while True:
-            rows = await asyncio.to_thread(
-                self.index.claim, self.config.batch_max_instances, self.config.batch_max_bytes
-            )
-            if not rows:
-                self.wake.clear()
-                try:
-                    await asyncio.wait_for(self.wake.wait(), IDLE_POLL_S)
-                except TimeoutError:
-                    pass
-                continue
-            try:
-                await self._upload(rows)
-            except asyncio.CancelledError:
-                # Shutdown: what was in flight goes back to queued, as it was.
-                await asyncio.shield(asyncio.to_thread(self.index.requeue, [r.id for r in rows]))
-                raise
-            except Exception:
-                LOGGER.exception("spool upload of %d instance(s) failed", len(rows))
-                await asyncio.to_thread(self.index.requeue, [r.id for r in rows])
-                await asyncio.sleep(self.config.retry_initial)
+    async def _batch(self, rows: Sequence[Row], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._upload(rows)
+        except asyncio.CancelledError:
+            # Shutdown: what was in flight goes back to queued, as it was.
+            await asyncio.shield(asyncio.to_thread(self.index.requeue, [r.id for r in rows]))
+            raise
+        except Exception:
+            LOGGER.exception("spool upload of %d instance(s) failed", len(rows))
+            await asyncio.to_thread(self.index.requeue, [r.id for r in rows])
+            await asyncio.sleep(self.config.retry_initial)
+        finally:
+            slots.release()
 
     async def _upload(self, rows: Sequence[Row]) -> None:
         client = self.clients.get(rows[0].backend)
@@ -178,6 +189,7 @@ class Uploader:
         tally: dict[str, int] = {}
         alone: list[Row] = []
         done: list[Row] = []
+        retries: list[tuple[int, str, float]] = []
         for row, row_fate in zip(rows, fates, strict=True):
             if row_fate.kind is Kind.UNANSWERED:
                 alone.append(row)
@@ -187,9 +199,14 @@ class Uploader:
                 done.append(row)
                 self.metrics.spool_uploads(row_fate.outcome or "stored")
             else:
-                await self._settle(row, row_fate)
+                retry = await self._settle(row, row_fate)
+                if retry is not None:
+                    retries.append(retry)
         if done:
             await asyncio.to_thread(self._done, done)
+        if retries:  # one commit for the whole batch, not one per instance
+            await asyncio.to_thread(self.index.mark_failed, retries)
+            self.metrics.spool_uploads("retry", len(retries))
         LOGGER.info(
             "spool upload to %s: %d instance(s), %.1f MB, %.2f s: %s",
             rows[0].backend,
@@ -203,8 +220,9 @@ class Uploader:
             # Refused as a whole: each alone, so that only the bad ones are dead.
             await self._upload([row])
 
-    async def _settle(self, row: Row, row_fate: Fate) -> None:
-        """A failed attempt: dead, or failed with its next try scheduled."""
+    async def _settle(self, row: Row, row_fate: Fate) -> tuple[int, str, float] | None:
+        """A failed attempt: dead (recorded here), or the (id, error, next attempt) of
+        its retry for the caller to record."""
         now = time.time()
         expired = now - row.retry_since >= self.config.retry_for
         if row_fate.kind is Kind.DEAD or expired:
@@ -221,10 +239,9 @@ class Uploader:
                 reason,
             )
             LOGGER.debug("spool: dead-lettered %s", row.sop_instance_uid)
-            return
+            return None
         delay = retry_delay(row.attempts + 1, self.config, self.rng)
-        await asyncio.to_thread(self.index.mark_failed, row.id, row_fate.reason, now + delay)
-        self.metrics.spool_uploads("retry")
+        return row.id, row_fate.reason, now + delay
 
     def _done(self, rows: Sequence[Row]) -> None:
         # The rows first (one commit): a crash between the two leaves files whose rows are
