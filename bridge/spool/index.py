@@ -125,17 +125,27 @@ class Index:
 
     # --- the write path -----------------------------------------------------------------
 
-    def add(self, uid: str, file: str, calling_ae: str, backend: str, size: int) -> int:
+    def add(self, uid: str, file: str, calling_ae: str, backend: str, size: int) -> None:
         """Record a received instance as queued (committed and on disk on return)."""
+        self.add_many([(uid, file, calling_ae, backend, size)])
+
+    def add_many(self, rows: Sequence[tuple[str, str, str, str, int]]) -> None:
+        """Record received instances (uid, file, calling AE, backend, bytes) as queued, in
+        one transaction: all of them are committed and on disk on return, or none."""
         now = time.time()
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT INTO instances (sop_instance_uid, file, state, received_at, "
-                "retry_since, next_attempt_at, calling_ae, backend, bytes) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (uid, file, QUEUED, now, now, now, calling_ae, backend, size),
-            )
-            return int(cursor.lastrowid or 0)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT INTO instances (sop_instance_uid, file, state, received_at, "
+                    "retry_since, next_attempt_at, calling_ae, backend, bytes) "
+                    "VALUES (?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    [(u, f, now, now, now, c, b, s) for u, f, c, b, s in rows],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     # --- the uploader -------------------------------------------------------------------
 

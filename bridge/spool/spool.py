@@ -49,6 +49,59 @@ _FORGET_EVERY_S = 3600.0
 _SETTLE_POLL_S = 0.25
 
 
+NewRow = tuple[str, str, str, str, int]  # uid, file, calling AE, backend, bytes
+
+
+class GroupCommit:
+    """The last two steps of every C-STORE's write, shared: one fsync of files/ and one
+    index commit for all the instances waiting at that moment (one association never
+    waits for more than its own, several share the disk's flushes). ``submit`` returns
+    once its row is committed, after the directory fsync; it raises if either failed,
+    and then no row of that group exists."""
+
+    def __init__(self, files: Path, on_commit: Callable[[int, list[NewRow]], None]) -> None:
+        self.files = files
+        self.on_commit = on_commit  # (bytes, rows): commits the rows to the index
+        self._cond = threading.Condition()
+        self._pending: list[tuple[NewRow, concurrent.futures.Future[None]]] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="spool-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, row: NewRow) -> None:
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the spool is closed")
+            self._pending.append((row, future))
+            self._cond.notify()
+        future.result()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                group, self._pending = self._pending, []
+                if not group and self._closed:
+                    return
+            try:
+                _fsync_path(self.files, directory=True)
+                self.on_commit(sum(row[4] for row, _ in group), [row for row, _ in group])
+            except BaseException as exc:
+                for _, future in group:
+                    future.set_exception(exc)
+            else:
+                for _, future in group:
+                    future.set_result(None)
+
+
 @dataclass(frozen=True)
 class Refusal:
     """Why a C-STORE was not kept (answered 0xA700 with this as ErrorComment)."""
@@ -134,6 +187,7 @@ class Spool:
         self._reserved = 0
         self._recover()
         self._bytes = self.index.spooled_bytes()
+        self._commits = GroupCommit(self.files, self._commit)
         self._loop: LoopThread | None = None
         self._uploader: Uploader | None = None
         self._task: concurrent.futures.Future[None] | None = None
@@ -196,10 +250,9 @@ class Spool:
             except OSError:
                 shutil.copyfile(received, dest)  # another file system: a streamed copy
             _fsync_path(dest)
-            _fsync_path(self.files, directory=True)
-            with self._lock:
-                self.index.add(sop_instance_uid, dest.name, calling_ae, backend, size)
-                self._bytes += size
+            # files/ fsync'd, then the row committed: by the group commit, shared with the
+            # C-STOREs of other associations that reach this point at the same time.
+            self._commits.submit((sop_instance_uid, dest.name, calling_ae, backend, size))
         except Exception as exc:
             dest.unlink(missing_ok=True)
             LOGGER.error("spool: cannot keep a C-STORE from %s: %s", calling_ae, exc)
@@ -209,6 +262,12 @@ class Spool:
                 self._reserved -= size
         self._wake()
         return None
+
+    def _commit(self, size: int, rows: list[NewRow]) -> None:
+        # Under the lock: the budget and the index change together (see _publish).
+        with self._lock:
+            self.index.add_many(rows)
+            self._bytes += size
 
     def _freed(self, size: int) -> None:
         # Not subtracted here: the next count from the index (within a second) frees the
@@ -328,6 +387,7 @@ class Spool:
                 self._loop.call(self._cancel(), timeout=15)
             except Exception:  # shutting down: the rows are requeued below anyway
                 LOGGER.debug("stopping the spool uploader failed", exc_info=True)
+        self._commits.close()
         # Whatever an interrupted worker could not put back.
         requeued = self.index.requeue_all_uploading()
         if requeued:
