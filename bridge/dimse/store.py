@@ -46,7 +46,8 @@ def handle_store(event: Event, ctx: BridgeContext) -> Dataset:
             if refusal is not None:
                 LOGGER.warning("C-STORE from %s refused: %s", peer, refusal.comment)
                 return status_dataset(OUT_OF_RESOURCES, refusal.comment)
-            LOGGER.debug("C-STORE spooled %s (%d bytes)", sop_instance_uid, size)
+            LOGGER.info("C-STORE from %s: spooled %d bytes", peer, size)
+            LOGGER.debug("C-STORE spooled %s", sop_instance_uid)
             return status_dataset(SUCCESS)
         result = ctx.loop.call(ctx.client.store_instance(path, sop_instance_uid))
     except BridgeError as exc:
