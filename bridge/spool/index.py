@@ -104,11 +104,14 @@ class Index:
                     f"file:{path}?mode=rw", uri=True, check_same_thread=False, isolation_level=None
                 )
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk (the WAL fsync'd) before it returns; the C-STORE
-            # is acknowledged only after its row's commit.
+            # is acknowledged only after its row's commit. (Per connection: the admin
+            # commands' writes are as durable.)
             self._db.execute("PRAGMA synchronous = FULL")
             if create:
+                # Persistent in the file: set by the bridge, never changed by the admin
+                # commands (a journal-mode change needs the database to itself).
+                self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.executescript(_SCHEMA)
             else:
                 self._db.execute("SELECT 1 FROM instances LIMIT 1").fetchall()
