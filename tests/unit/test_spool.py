@@ -7,6 +7,8 @@ import asyncio
 import json
 import random
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +20,7 @@ from bridge.dicomweb.multipart import MultipartDecoder, boundary_from_content_ty
 from bridge.errors import ConfigError
 from bridge.models import StowResult
 from bridge.spool.index import INDEX_NAME, Index
-from bridge.spool.spool import Spool, check_spool_dir, mount_type
+from bridge.spool.spool import GroupCommit, Spool, check_spool_dir, mount_type
 from bridge.spool.uploader import Kind, fate, retry_delay
 
 # --------------------------------------------------------------------------- config
@@ -253,3 +255,43 @@ def test_batch_stow_body_is_one_multipart_of_the_files_and_answers_per_instance(
         Kind.UNANSWERED,
     ]
     assert json.dumps(results[1].failure_reason) == str(0xA900)
+
+
+def test_group_commit_shares_one_commit_between_concurrent_c_stores(tmp_path: Path) -> None:
+    """Eight C-STORE threads arriving while a commit is under way: every row is committed
+    before its submit returns, in fewer commits than rows; a failed commit fails every
+    submit of its group."""
+    groups: list[int] = []
+    committed: set[str] = set()
+
+    def commit(size: int, rows: list[tuple[str, str, str, str, int]]) -> None:
+        time.sleep(0.05)  # a slow disk flush: the others queue up meanwhile
+        groups.append(len(rows))
+        committed.update(row[0] for row in rows)
+
+    group = GroupCommit(tmp_path, commit)
+    returned: list[str] = []
+
+    def submit(uid: str) -> None:
+        group.submit((uid, f"{uid}.dcm", "SCU", "default", 1))
+        assert uid in committed  # never before its own commit
+        returned.append(uid)
+
+    threads = [threading.Thread(target=submit, args=(f"1.{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(returned) == sorted(f"1.{n}" for n in range(8))
+    assert sum(groups) == 8 and len(groups) < 8
+    group.close()
+
+    def broken(size: int, rows: list[tuple[str, str, str, str, int]]) -> None:
+        raise OSError("disk gone")
+
+    failing = GroupCommit(tmp_path, broken)
+    with pytest.raises(OSError, match="disk gone"):
+        failing.submit(("1.9", "f", "SCU", "default", 1))
+    failing.close()
+    with pytest.raises(RuntimeError):
+        failing.submit(("1.10", "f", "SCU", "default", 1))
