@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import (
     FINDSCU_AET,
@@ -185,8 +186,10 @@ class Lab:
         return orthanc
 
     def start_bridge(
-        self, name: str, dicomweb_url: str, fetches: int, basic_auth: bool = False
+        self, name: str, dicomweb_url: str, fetches: int, basic_auth: bool = False, **extra: Any
     ) -> BridgeProcess:
+        """A bridge on `dicomweb_url` (with HTTP Basic to the auth Orthanc when
+        `basic_auth`); `extra` are bridge_config() overrides (store={...})."""
         dicomweb: dict[str, object] = {}
         if basic_auth:
             secret = self.workdir / "orthanc-password"
@@ -206,6 +209,7 @@ class Lab:
             logging={"level": "WARNING"},
             retrieve={"max_concurrent_fetches": fetches},
             dicomweb=dicomweb,
+            **extra,
         )
         bridge = start_bridge(text, self.workdir / "bridges", name=name)
         self._stack.callback(bridge.stop, timeout=10.0)

@@ -43,6 +43,7 @@ from bench.processes import (
     vm_hwm_mb,
 )
 from bench.report import Check, Results
+from bench.spool import phase_spool, spool_ratios
 from bridge.translate.retrieve import INSTANCE_FIELDS
 from tests.integration.bridge_runner import BridgeProcess
 from tests.integration.orthanc import OrthancServer
@@ -197,6 +198,7 @@ class Bench:
         self.phase_auth(pool, studies[0])
         self.phase_find(orthanc)
         self.phase_store(orthanc, store_study, store_files)
+        phase_spool(self, orthanc, store_study, store_files)
         self.phase_latency(orthanc, next(s for s in studies if s.count == o.latency_size))
         self.phase_memory(orthanc, studies[0], big)
         self.phase_large(orthanc, pool, studies[0])
@@ -471,6 +473,7 @@ class Bench:
 
     def summarize(self) -> None:
         r = self.results
+        spool_ratios(self)
         studies = self.studies
         for study in studies:
             n = study.count

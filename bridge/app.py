@@ -19,6 +19,7 @@ from bridge.config import Backend, Config
 from bridge.dicomweb.auth import build_auth
 from bridge.dicomweb.breaker import State
 from bridge.dicomweb.client import DicomwebClient, make_client
+from bridge.dimse import adapter
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.server import DimseServer
 from bridge.errors import BridgeError, ListenError
@@ -26,6 +27,7 @@ from bridge.loop_thread import LoopThread
 from bridge.ops.http import DEFAULT_READY_CACHE_S, OpsServer
 from bridge.ops.metrics import Metrics
 from bridge.ops.status import BackendStatus, Cached, StatusBoard
+from bridge.spool.spool import Spool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ class Bridge:
         # Built here, off the event loop: credentials discovery may block, and a broken
         # auth setup must fail the start (ConfigError), not the first request.
         self.auths = {backend.name: build_auth(backend.dicomweb.auth) for backend in self.backends}
+        # Spool mode: spool_dir checked (ConfigError) and recovered before anything listens.
+        self.spool: Spool | None = None
+        if config.store.mode == "spool":
+            self.spool = Spool(config.store, config.source, self.metrics)
+            adapter.receive_into(self.spool.incoming)
+            spool = self.spool
+            self.board.spool = lambda: spool.index.summary().document("spool")
 
     def start(self) -> None:
         self.loop.start()
@@ -69,8 +78,11 @@ class Bridge:
             routes={b.ae_title: (b.name, self.clients[b.name], b.dicomweb) for b in named},
             metrics=self.metrics,
             board=self.board,
+            spool=self.spool,
         )
         try:
+            if self.spool is not None:
+                self.spool.start(self.loop, self.clients)
             self.dimse.start(self.context, self.metrics)
             if config.ops.address is not None:
                 # The probes are cached here (shared with /status), not again in the server.
@@ -98,14 +110,21 @@ class Bridge:
         self.dimse.log_listening()
 
     def ready(self) -> tuple[bool, str]:
-        """Readiness for /readyz: every backend answers its QIDO-RS probe."""
+        """Readiness for /readyz: every backend answers its QIDO-RS probe. In spool mode
+        the bridge stays ready while a backend is down (C-STOREs are still kept), and the
+        answer reports the spool's backlog."""
         if self._stopping.is_set():
             return False, "shutting down"
-        probes = self._probes()
-        for status, _ in probes:
+        summaries = []
+        for status, summary in self._probes():
             if not status.ready:
-                return False, f"{status.name}: {status.reason}"
-        return True, "; ".join(f"{status.name}: {summary}" for status, summary in probes)
+                if self.spool is None:
+                    return False, f"{status.name}: {status.reason}"
+                summary = str(status.reason)
+            summaries.append(f"{status.name}: {summary}")
+        if self.spool is not None:
+            summaries.append(self.spool.backlog())
+        return True, "; ".join(summaries)
 
     def backend_status(self) -> list[BackendStatus]:
         """Each backend and its readiness, for /status (the /readyz probes)."""
@@ -149,6 +168,10 @@ class Bridge:
         """Stop accepting, let running associations finish (bounded), then free everything."""
         self._stopping.set()
         self.dimse.stop()
+        if self.spool is not None:
+            # After the listeners: the C-STOREs being received are kept first. Uploads in
+            # flight are interrupted; their rows go back to queued.
+            self.spool.stop()
         self._close_http()
         self.loop.stop()
         # Last, so /healthz keeps answering while associations drain.

@@ -1,4 +1,4 @@
-"""The ``dimse-bridge`` command: ``run``, ``check`` and ``config``; arguments → Config → server.
+"""The ``dimse-bridge`` command: ``run``, ``check``, ``config``, ``spool``; arguments → Config.
 
 The commands, ``--config`` and the exit statuses are a contract (scripts and unit files
 rely on them): they may be extended, never renamed or given another meaning.
@@ -59,7 +59,14 @@ exit status (each command's --help has its own list):
   1  run: cannot listen on the DIMSE, DICOM TLS or ops address
   2  invalid config (or command line)
   3  check: a DICOMweb server is unreachable, refuses or is not DICOMweb
+     spool: the spool index cannot be opened
   4  check --peers: a [[peers]] entry did not answer C-ECHO"""
+_EXIT_SPOOL = """\
+exit status:
+  0  done (also when there was nothing to do)
+  1  a SOP Instance UID named is not in the spool
+  2  invalid config (or command line), or no store.spool_dir
+  3  the spool index cannot be opened"""
 
 
 def _version(distribution: str, fallback: str = "not installed") -> str:
@@ -93,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         version=version_text(),
         help="show the version, and those of pynetdicom, pydicom and httpx, and exit",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,check,config}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="{run,check,config,spool}"
+    )
     config_help = (
         f"TOML config file (default: ${ENV_CONFIG}, else the embedded default that fronts "
         "http://localhost:8042/dicom-web)"
@@ -138,7 +147,48 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=raw,
     )
     dump.add_argument("--config", metavar="PATH", help=config_help)
+    _spool_parser(sub, config_help)
     return parser
+
+
+def _spool_parser(sub: Any, config_help: str) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    spool = sub.add_parser(
+        "spool",
+        help="inspect and act on the store-and-forward spool ([store] mode = \"spool\")",
+        description="Inspect and act on the C-STORE spool. Works while `run` is running\n"
+        "(the index is shared safely) and while it is not.",
+        epilog=_EXIT_SPOOL,
+        formatter_class=raw,
+    )
+    actions = spool.add_subparsers(
+        dest="spool_command", required=True, metavar="{status,list,retry,purge}"
+    )
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = actions.add_parser(
+            name, help=text, description=text, epilog=_EXIT_SPOOL, formatter_class=raw
+        )
+        parser.add_argument("--config", metavar="PATH", help=config_help)
+        return parser
+
+    status = action("status", "counts per state, bytes held, age of the oldest waiting")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    listing = action("list", "the instances not yet done (or those in --state)")
+    listing.add_argument(
+        "--state", choices=("queued", "uploading", "failed", "dead", "done"), default=None
+    )
+    listing.add_argument("--limit", type=int, default=None, metavar="N")
+    listing.add_argument("--json", action="store_true", help="a JSON array")
+    retry = action("retry", "queue dead (or waiting failed) instances for upload again")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every dead instance")
+    which.add_argument("uids", nargs="*", default=[], metavar="SOP_INSTANCE_UID")
+    purge = action("purge", "delete dead instances and their files")
+    purge.add_argument("--dead", action="store_true", required=True, help="the dead ones")
+    purge.add_argument(
+        "--older-than", type=float, default=None, metavar="DAYS", help="received before"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,7 +201,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _print_config(config)
     if args.command == "check":
         return _check(config, offline=args.offline, peers=args.peers)
+    if args.command == "spool":
+        return _spool(config, args)
     return _run(config)
+
+
+def _spool(config: Config, args: argparse.Namespace) -> int:
+    from bridge.spool import admin
+
+    try:
+        if args.spool_command == "status":
+            return admin.status(config, as_json=args.json, out=sys.stdout)
+        if args.spool_command == "list":
+            return admin.listing(
+                config, state=args.state, limit=args.limit, as_json=args.json, out=sys.stdout
+            )
+        if args.spool_command == "retry":
+            uids = None if args.all else list(args.uids)
+            return admin.retry(config, uids=uids, out=sys.stdout, err=sys.stderr)
+        return admin.purge(config, older_than_days=args.older_than, out=sys.stdout)
+    except admin.AdminError as exc:
+        print(f"dimse-bridge: {exc}", file=sys.stderr)
+        return exc.code
 
 
 def _invalid(exc: ConfigError) -> int:

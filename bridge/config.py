@@ -222,6 +222,34 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, number
 
 
+StoreMode = Literal["direct", "spool"]
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``[store]``: how C-STORE reaches the server: at once ("direct"), or through the
+    durable store-and-forward spool (bridge/spool/)."""
+
+    mode: StoreMode = "direct"
+    # Local directory of the spool (instance files and the SQLite index); spool mode needs it.
+    spool_dir: str = ""
+    # Start even when spool_dir is on tmpfs (lost at reboot: nothing acknowledged is safe).
+    allow_tmpfs: bool = False
+    upload_workers: int = 4
+    batch_max_instances: int = 20
+    batch_max_bytes: int = 64 * 1024 * 1024
+    max_spool_bytes: int = 10 * 1024**3
+    min_free_bytes: int = 1024**3
+    # Seconds: first retry delay, longest delay, and how long before dead-lettering.
+    retry_initial: float = 5.0
+    retry_max: float = 600.0
+    retry_for: float = 7 * 86400.0
+    # Days done rows are kept (storage commitment, audit).
+    keep_done_days: float = 7.0
+    # Seconds a storage commitment waits for spooled instances to be uploaded.
+    commitment_timeout: float = 3600.0
+
+
 @dataclass(frozen=True)
 class Config:
     dimse: DimseConfig = field(default_factory=DimseConfig)
@@ -230,6 +258,7 @@ class Config:
     move: MoveConfig = field(default_factory=MoveConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     peers: tuple[Peer, ...] = ()
     backends: tuple[Backend, ...] = ()
     source: str = EMBEDDED_SOURCE
@@ -494,6 +523,37 @@ def _dicomweb(w: _Table, base: DicomwebConfig) -> DicomwebConfig:
     return config
 
 
+def _store(s: _Table) -> StoreConfig:
+    mode = s.str_("mode", StoreConfig.mode)
+    if mode not in ("direct", "spool"):
+        raise s.error("mode", f'expected "direct" or "spool", got {mode!r}')
+    store = StoreConfig(
+        mode="spool" if mode == "spool" else "direct",
+        spool_dir=s.str_("spool_dir", StoreConfig.spool_dir),
+        allow_tmpfs=s.bool_("allow_tmpfs", StoreConfig.allow_tmpfs),
+        upload_workers=s.int_("upload_workers", StoreConfig.upload_workers, 1, 64),
+        batch_max_instances=s.int_(
+            "batch_max_instances", StoreConfig.batch_max_instances, 1, 1000
+        ),
+        batch_max_bytes=s.int_("batch_max_bytes", StoreConfig.batch_max_bytes, 1),
+        max_spool_bytes=s.int_("max_spool_bytes", StoreConfig.max_spool_bytes, 1),
+        min_free_bytes=s.int_("min_free_bytes", StoreConfig.min_free_bytes, 0),
+        retry_initial=s.float_("retry_initial", StoreConfig.retry_initial),
+        retry_max=s.float_("retry_max", StoreConfig.retry_max),
+        retry_for=s.float_("retry_for", StoreConfig.retry_for),
+        keep_done_days=s.float_("keep_done_days", StoreConfig.keep_done_days, -1.0),
+        commitment_timeout=s.float_("commitment_timeout", StoreConfig.commitment_timeout),
+    )
+    if store.mode == "spool" and not store.spool_dir:
+        raise s.error("spool_dir", 'expected a local directory: mode = "spool" needs one')
+    if store.spool_dir and not Path(store.spool_dir).is_absolute():
+        raise s.error("spool_dir", f"expected an absolute path, got {store.spool_dir!r}")
+    if store.retry_max < store.retry_initial:
+        raise s.error("retry_max", "expected a value of at least retry_initial")
+    s.finish()
+    return store
+
+
 def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Config:
     """Build a Config from parsed TOML; raises ConfigError naming the key and the expectation."""
     top = _Table(source, "", data)
@@ -599,6 +659,8 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
     )
     o.finish()
 
+    store = _store(sub("store"))
+
     top.used.add("peers")
     raw_peers = data.get("peers", [])
     if not isinstance(raw_peers, list):
@@ -626,6 +688,7 @@ def parse_config(data: Mapping[str, Any], source: str = EMBEDDED_SOURCE) -> Conf
         move=move,
         logging=LoggingConfig(level=level, format=log_format),
         ops=ops,
+        store=store,
         peers=tuple(peers),
         backends=tuple(backends),
         source=source,

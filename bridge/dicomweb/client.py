@@ -36,7 +36,14 @@ from bridge.dicomweb.multipart import (
 )
 from bridge.dicomweb.outcomes import fetch_as_stored_instead, http_row, metrics_label
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
-from bridge.dicomweb.stow import parse_stow_response, part10_body
+from bridge.dicomweb.stow import (
+    batch_length,
+    batch_sources,
+    parse_batch_response,
+    parse_stow_response,
+    part10_body,
+    stream_batch,
+)
 from bridge.dicomweb.transport import KEEPALIVE_EXPIRY, H11Transport
 from bridge.errors import (
     DicomwebError,
@@ -561,6 +568,53 @@ class DicomwebClient:
             LOGGER.warning("could not check that a stored instance is visible: %s", exc)
             return True
         return stow.shows_instance(page.results, sent, sop_instance_uid)
+
+    async def store_instances(self, files: Sequence[tuple[Path, str]]) -> list[StowResult]:
+        """STOW-RS several Part 10 files in one request (one multipart/related body, each
+        file streamed from disk); the server's verdict on each, in the order given.
+
+        The spool's uploads (bridge/spool/uploader.py). As ``store_instance``: HTTP errors
+        are verdicts, only transport failures raise; retried only when never sent.
+        """
+        if len(files) == 1:
+            return [await self.store_instance(*files[0])]
+        url = f"{self.base_url}/studies"
+        sources = batch_sources(
+            [path for path, _ in files], explicit_vr_only=not self.capabilities.stow_implicit_vr
+        )
+
+        async def attempt() -> httpx.Response:
+            encoder = MultipartEncoder()
+            headers = {
+                "Content-Type": encoder.content_type,
+                "Content-Length": str(batch_length(sources, encoder)),
+                "Accept": DICOM_JSON,
+                **_NO_GZIP,
+            }
+            with map_errors(url):
+                return await self.http.post(
+                    url, content=stream_batch(sources, encoder), headers=headers
+                )
+
+        response = await retrying(
+            lambda: self._observed("stow", attempt),
+            self.policy,
+            idempotent=False,
+            what="STOW-RS",
+            breaker=self.breaker,
+        )
+        LOGGER.debug("STOW-RS %s (%d instances) -> %d", url, len(files), response.status_code)
+        results = parse_batch_response(
+            response.status_code,
+            response.content,
+            [uid for _, uid in files],
+            response.reason_phrase,
+        )
+        if self.capabilities.stow_verify:
+            for i, ((path, uid), result) in enumerate(zip(files, results, strict=True)):
+                if stow.is_listed(result) and not await self._visible(path, uid):
+                    results[i] = stow.not_visible(result)
+        return results
 
     async def probe(self) -> str:
         """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError.

@@ -219,3 +219,68 @@ def parse_stow_response(
         ),
         detail=detail,
     )
+
+
+def batch_sources(paths: Sequence[Path], *, explicit_vr_only: bool) -> list[Path | bytes]:
+    """What each part of a batch carries: the file itself (streamed), or, for a server
+    that refuses implicit VR (`explicit_vr_only`), an Implicit VR Little Endian file
+    re-encoded in memory (``stow_part10``), so batches reach it as single requests do."""
+    return [
+        stow_part10(path.read_bytes(), explicit_vr_only=True)
+        if explicit_vr_only and _is_implicit_vr(path)
+        else path
+        for path in paths
+    ]
+
+
+def batch_length(sources: Sequence[Path | bytes], encoder: MultipartEncoder) -> int:
+    """The byte length of ``stream_batch(sources, encoder)``: its Content-Length."""
+    probe = MultipartEncoder(encoder.boundary)  # the same framing, without using `encoder`
+    sizes = (len(s) if isinstance(s, bytes) else s.stat().st_size for s in sources)
+    return sum(len(probe.part(PART10)) + size for size in sizes) + len(probe.close())
+
+
+async def stream_batch(
+    sources: Sequence[Path | bytes], encoder: MultipartEncoder
+) -> AsyncIterator[bytes]:
+    """One multipart/related STOW-RS body of several Part 10 instances, files read from
+    disk in chunks (never a whole file in memory), one part each in the order given."""
+    for source in sources:
+        yield encoder.part(PART10)
+        if isinstance(source, bytes):
+            yield source
+            continue
+        async with await anyio.open_file(source, "rb") as handle:
+            while chunk := await handle.read(_CHUNK):
+                yield chunk
+    yield encoder.close()
+
+
+def parse_batch_response(
+    status_code: int, body: bytes, sop_instance_uids: Sequence[str], reason_phrase: str = ""
+) -> list[StowResult]:
+    """What a STOW-RS answer to a request of several instances says about each.
+
+    PS3.18 10.5.3: a 409 (some failed) is read instance by instance like a 202, so an
+    instance it lists in the ReferencedSOPSequence, and not as failed, is stored.
+    """
+    results = [
+        parse_stow_response(status_code, body, uid, reason_phrase) for uid in sop_instance_uids
+    ]
+    if status_code != 409:
+        return results
+    try:
+        parsed: Any = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return results
+    if isinstance(parsed, list) and parsed and isinstance(parsed[0], Mapping):
+        parsed = parsed[0]
+    if not isinstance(parsed, Mapping):
+        return results
+    referenced = _items(parsed, _REFERENCED_SOP_SEQUENCE)
+    return [
+        replace(result, stored=True)
+        if result.failure_reason is None and any(_refers_to(i, uid) for i in referenced)
+        else result
+        for uid, result in zip(sop_instance_uids, results, strict=True)
+    ]

@@ -69,13 +69,16 @@ import logging
 import queue
 import socket
 import ssl
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
+from pynetdicom import _config
 from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
 from pynetdicom.timer import Timer
 
@@ -631,3 +634,18 @@ def wait_sent(assoc: Any, most: int, timeout: float | None) -> bool:
             return False
         time.sleep(0.0005)
     return True
+
+
+def receive_into(directory: Path) -> None:
+    """Make pynetdicom write incoming C-STORE data sets (``STORE_RECV_CHUNKED_DATASET``)
+    into `directory`: the spool's incoming/, on the file system of its files/, so that
+    keeping one is a hard link, not a copy.
+
+    pynetdicom 3.0 opens that file with ``NamedTemporaryFile(delete=False)`` and no
+    ``dir`` (dimse_messages.py, ``DIMSEMessage.decode_msg``), so only the process-wide
+    ``tempfile.tempdir`` moves it; it unlinks its own name after the handler returns and
+    ignores an OSError, so a hard link taken by the handler survives. Nothing else in
+    the bridge relies on the default temporary directory.
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    tempfile.tempdir = str(directory)

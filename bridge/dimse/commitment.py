@@ -5,6 +5,11 @@ with QIDO-RS and sends the N-EVENT-REPORT: event type 1 when all are present, 2 
 Failed SOP Sequence (Failure Reason 0x0112, no such object instance) otherwise. It goes
 on the same association while that is open, else on a new association to the requesting
 AE as configured in ``[[peers]]``.
+
+In spool mode the check first asks the spool (``Spool.settle``): instances it still has
+to upload are waited for, up to ``store.commitment_timeout``; those it uploaded count as
+present, those dead-lettered or still waiting at the deadline as failed (Failure Reason
+0x0110, processing failure). QIDO-RS answers for the others.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from io import BytesIO
 from typing import Any, cast
 
@@ -34,6 +39,7 @@ from bridge.translate.status import (
     INVALID_ARGUMENT_VALUE,
     NO_SUCH_ACTION,
     NO_SUCH_OBJECT_INSTANCE,
+    PROCESSING_FAILURE,
     SUCCESS,
     status_dataset,
 )
@@ -171,7 +177,10 @@ def _listed(ctx: BridgeContext, query: QidoQuery, wanted: set[str]) -> set[str]:
 
 
 def event_report(
-    transaction_uid: str, refs: list[tuple[str, str]], present: set[str]
+    transaction_uid: str,
+    refs: list[tuple[str, str]],
+    present: set[str],
+    unsettled: Collection[str] = (),
 ) -> tuple[int, Dataset]:
     """Event Type ID and Event Information of the N-EVENT-REPORT (PS3.4 J.3.3.1)."""
     info = Dataset()
@@ -184,7 +193,9 @@ def event_report(
         if sop_instance in present:
             done.append(item)
         else:
-            item.FailureReason = NO_SUCH_OBJECT_INSTANCE
+            # Spool mode: dead-lettered, or not uploaded within commitment_timeout.
+            unsettled_here = sop_instance in unsettled
+            item.FailureReason = PROCESSING_FAILURE if unsettled_here else NO_SUCH_OBJECT_INSTANCE
             failed.append(item)
     if done:
         info.ReferencedSOPSequence = DicomSequence(done)
@@ -214,14 +225,20 @@ def _deliver(
     transaction_uid: str,
     refs: list[tuple[str, str]],
 ) -> None:
+    spooled: set[str] = set()
+    unsettled: set[str] = set()
+    if ctx.spool is not None:
+        # Not "committed" before the server has them: the modality may delete its copy.
+        spooled, unsettled = ctx.spool.settle(uid for _, uid in refs)
     try:
-        present = present_instances(ctx, (uid for _, uid in refs))
+        asked = {uid for _, uid in refs} - spooled - unsettled
+        present = spooled | (present_instances(ctx, asked) if asked else set())
     except BridgeError as exc:
         # Unknown is not committed: report every instance as failed, so the modality keeps
         # its copy (PS3.4 J.3.3: failure means it must not delete them).
         LOGGER.warning("storage commitment %s: QIDO-RS failed: %s", transaction_uid, exc)
-        present = set()
-    event_type, info = event_report(transaction_uid, refs, present)
+        present = spooled
+    event_type, info = event_report(transaction_uid, refs, present, unsettled)
     if assoc.is_established and _send_on_same(assoc, event_type, info):
         LOGGER.info("storage commitment %s: event type %d sent", transaction_uid, event_type)
         return

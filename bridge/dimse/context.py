@@ -14,6 +14,7 @@ from bridge.loop_thread import LoopThread
 from bridge.models import QidoPage, QidoQuery
 from bridge.ops.metrics import Metrics
 from bridge.ops.status import StatusBoard
+from bridge.spool.spool import Spool
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class BridgeContext:
     stored: StoredIndex = field(default_factory=StoredIndex)
     # What runs now, for /status and the operator page (bridge/ops/status.py).
     board: StatusBoard = field(default_factory=StatusBoard)
+    # [store] mode = "spool": C-STOREs are kept here and uploaded in the background.
+    spool: Spool | None = None
 
     def for_event(self, event: Event) -> BridgeContext:
         # The called AE title of the A-ASSOCIATE-RQ: pynetdicom's acceptor.ae_title is the

@@ -2,9 +2,11 @@
 
 pynetdicom writes each incoming data set to a temporary Part 10 file as it arrives
 (``STORE_RECV_CHUNKED_DATASET``); the file is streamed to STOW-RS unchanged, so the
-bridge never re-encodes the data set nor holds it in memory. The C-STORE response is
-sent after the DICOMweb server's answer: success only when the server lists the
-instance as stored.
+bridge never re-encodes the data set nor holds it in memory. In direct mode (the
+default) the C-STORE response is sent after the DICOMweb server's answer: success only
+when the server lists the instance as stored. In spool mode (``[store] mode = "spool"``,
+bridge/spool/) it is sent once the file and its index row are durable on local disk, and
+the upload happens in the background; a spool that cannot keep it answers 0xA700.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
 from bridge.ops.logs import ASSOCIATION
 from bridge.translate.status import (
+    OUT_OF_RESOURCES,
     SUCCESS,
     internal_error,
+    status_dataset,
     store_failure,
     store_status,
 )
@@ -40,6 +44,14 @@ def handle_store(event: Event, ctx: BridgeContext) -> Dataset:
         size = path.stat().st_size
         ctx.metrics.bytes_transferred("C-STORE", "in", size)
         ctx.board.add(ASSOCIATION.get(), nbytes=size)
+        if ctx.spool is not None:
+            refusal = ctx.spool.accept(path, sop_instance_uid, peer, ctx.backend)
+            if refusal is not None:
+                LOGGER.warning("C-STORE from %s refused: %s", peer, refusal.comment)
+                return status_dataset(OUT_OF_RESOURCES, refusal.comment)
+            LOGGER.info("C-STORE from %s: spooled %d bytes", peer, size)
+            LOGGER.debug("C-STORE spooled %s", sop_instance_uid)
+            return status_dataset(SUCCESS)
         result = ctx.loop.call(ctx.client.store_instance(path, sop_instance_uid))
     except BridgeError as exc:
         status = store_failure(exc)

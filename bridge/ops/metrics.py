@@ -192,6 +192,36 @@ class Metrics:
         )
         for cause in ABORT_CAUSES:
             self._aborts.labels(cause)
+        self._spool_instances = Gauge(
+            "dimse_bridge_spool_instances",
+            "Instances in the store-and-forward spool, by state (queued, uploading, failed, "
+            "dead, done).",
+            ["state"],
+            registry=r,
+        )
+        self._spool_bytes = Gauge(
+            "dimse_bridge_spool_bytes",
+            "Bytes of instance files in the spool (everything not yet done).",
+            registry=r,
+        )
+        self._spool_oldest = Gauge(
+            "dimse_bridge_spool_oldest_queued_seconds",
+            "Age of the oldest spooled instance not yet uploaded (0 when none waits).",
+            registry=r,
+        )
+        self._spool_uploads = Counter(
+            "dimse_bridge_spool_uploads_total",
+            "Spooled instances through an upload attempt, by outcome (stored, "
+            "already_present, retry, dead).",
+            ["outcome"],
+            registry=r,
+        )
+        self._spool_batch = Histogram(
+            "dimse_bridge_spool_batch_instances",
+            "Instances per STOW-RS request of the spool's uploader.",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+            registry=r,
+        )
         # Both outcomes exist from the start so that rate() and absent() work on a bridge
         # that has not yet rejected anyone.
         for outcome in ("accepted", "rejected"):
@@ -307,6 +337,24 @@ class Metrics:
             # The probe now fails at once without asking (no outcome reaches http_request)
             # and /readyz says not ready: so does the gauge, until a probe answers again.
             self.backend_ready(backend, False)
+
+    # --- spool --------------------------------------------------------------------------
+
+    def spool_state(self, counts: dict[str, int], size: int, oldest_seconds: float) -> None:
+        """The spool's index, as last counted (bridge/spool/)."""
+        for state, n in counts.items():
+            self._spool_instances.labels(state).set(n)
+        self._spool_bytes.set(size)
+        self._spool_oldest.set(max(0.0, oldest_seconds))
+
+    def spool_uploads(self, outcome: str, n: int = 1) -> None:
+        """`n` spooled instances came out of an upload attempt with `outcome`."""
+        if n > 0:
+            self._spool_uploads.labels(outcome).inc(n)
+
+    def spool_batch(self, instances: int) -> None:
+        """One STOW-RS request of the spool's uploader carried `instances` instances."""
+        self._spool_batch.observe(instances)
 
     # --- exposition ---------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ WARNING_ATTRIBUTE_VALUE_OUT_OF_RANGE = 0x0116
 # Storage commitment (PS3.4 J.3): N-ACTION statuses, and the Failure Reason of an
 # instance the bridge cannot commit.
 NO_SUCH_OBJECT_INSTANCE = 0x0112
+PROCESSING_FAILURE = 0x0110  # spool mode: dead-lettered, or not uploaded in time
 INVALID_ARGUMENT_VALUE = 0x0115
 NO_SUCH_ACTION = 0x0123
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.deploy.promql import (
     ALERTS,
-    NOT_YET_EXPORTED,
+    SPOOL_METRICS,
     alert_exprs,
     dashboard,
     dashboard_exprs,
@@ -147,4 +147,4 @@ def test_the_dashboard_is_importable_and_queries_every_area() -> None:
         "dimse_bridge_association_aborts_total",
         "dimse_bridge_backend_up",
     } <= queried
-    assert NOT_YET_EXPORTED <= queried
+    assert SPOOL_METRICS <= queried

@@ -8,6 +8,9 @@ validated here against ``servicemonitor-v1.schema.json``, a subset of the Promet
 Operator's documented ServiceMonitor fields written for these tests, and checked against
 the Service it selects. Each check is also run on a broken copy, to show it fails.
 
+deploy/kubernetes-spool/ (the StatefulSet + PersistentVolumeClaim variant, an overlay of
+deploy/kubernetes/) gets the same checks, rendered and file by file.
+
 Beyond schemas, the manifests must match the code: the image the Containerfile builds, the
 uid it runs as, the ports the ConfigMap's bridge.toml (parsed by the bridge's own parser)
 opens, the probe paths the ops listener serves.
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +330,91 @@ def test_no_document_mentions_a_codecs_extra() -> None:
     for path in documents:
         if path.is_file() and path.suffix in {".md", ".yaml", ".service", ".sh", ""}:
             assert "[codecs]" not in path.read_text(errors="replace"), path
+
+
+# --------------------------------------------------------------------------- spool variant
+
+SPOOL_DIR = REPO_ROOT / "deploy" / "kubernetes-spool"
+
+
+def spool_variant_files() -> list[Path]:
+    data: dict[str, Any] = yaml.safe_load((SPOOL_DIR / "kustomization.yaml").read_text())
+    listed = [SPOOL_DIR / name for name in data["resources"] if not name.startswith("..")]
+    return listed + [SPOOL_DIR / patch["path"] for patch in data["patches"] if "path" in patch]
+
+
+def test_spool_variant_lists_its_files() -> None:
+    on_disk = {p.name for p in SPOOL_DIR.glob("*.yaml")} - {"kustomization.yaml"}
+    assert {p.name for p in spool_variant_files()} == on_disk
+
+
+@pytest.mark.parametrize("path", spool_variant_files(), ids=lambda p: p.name)
+def test_spool_variant_manifest_passes_kubernetes_validate_strict(path: Path) -> None:
+    assert_schema_valid(path)
+
+
+def parsed_bridge_toml(configmap: dict[str, Any], tmp_path: Path) -> Any:
+    """A ConfigMap's bridge.toml through the bridge's parser (secret files stood in for)."""
+    data = tomllib.loads(configmap["data"]["bridge.toml"])
+    auth = data["dicomweb"]["auth"]
+    for key in [k for k in auth if k.endswith("_file")]:
+        stand_in = tmp_path / Path(auth[key]).name
+        stand_in.write_text("example")
+        auth[key] = str(stand_in)
+    return parse_config(data, "configmap")
+
+
+def test_spool_variant_config_is_the_base_plus_a_spool_store(tmp_path: Path) -> None:
+    """configmap-spool.yaml's bridge.toml parses, is in spool mode on the volume, and
+    differs from the base ConfigMap's only by [store]."""
+    base = parsed_bridge_toml(resources()[("ConfigMap", "dimse-bridge-config")], tmp_path)
+    spool = parsed_bridge_toml(load_docs(SPOOL_DIR / "configmap-spool.yaml")[0], tmp_path)
+    assert spool.store.mode == "spool"
+    assert spool.store.max_spool_bytes + spool.store.min_free_bytes < 20 * 2**30
+    assert replace(spool, store=base.store, source="") == replace(base, source="")
+
+
+def test_spool_variant_renders_a_statefulset_with_a_volume_per_pod(tmp_path: Path) -> None:
+    """Rendered (kubectl kustomize): the base's resources with the Deployment replaced by
+    a StatefulSet whose pods mount their own PersistentVolumeClaim at store.spool_dir,
+    named by a headless governing Service; kubernetes-validate --strict passes."""
+    if shutil.which("kubectl") is None and shutil.which("kustomize") is None:
+        pytest.skip("neither kustomize nor kubectl is installed")
+    command = (
+        ["kustomize", "build", str(SPOOL_DIR)]
+        if shutil.which("kustomize")
+        else ["kubectl", "kustomize", str(SPOOL_DIR)]
+    )
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rendered = {
+        (d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(result.stdout) if d
+    }
+    expected = set(resources()) - {("Deployment", "dimse-bridge")}
+    expected |= {("StatefulSet", "dimse-bridge"), ("Service", "dimse-bridge-pods")}
+    assert set(rendered) == expected
+    core = [d for (kind, _), d in rendered.items() if kind not in CRD_KINDS]
+    assert_schema_valid(write_docs(tmp_path / "rendered.yaml", core))
+    sts = rendered[("StatefulSet", "dimse-bridge")]["spec"]
+    governing = rendered[("Service", sts["serviceName"])]["spec"]
+    assert governing["clusterIP"] == "None"
+    config = parsed_bridge_toml(rendered[("ConfigMap", "dimse-bridge-config")], tmp_path)
+    assert config.store.mode == "spool"
+    container = sts["template"]["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (claim,) = sts["volumeClaimTemplates"]
+    assert mounts[claim["metadata"]["name"]] == config.store.spool_dir
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert sts["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    # The rest of the pod is the Deployment's: image, arguments, ports, probes, user.
+    base_container = pod_spec()["containers"][0]
+    for key in ("image", "args", "ports", "livenessProbe", "readinessProbe", "securityContext"):
+        assert container[key] == base_container[key], key
+    assert sts["template"]["spec"]["securityContext"] == pod_spec()["securityContext"]
+    assert labels_match(
+        rendered[("PodDisruptionBudget", "dimse-bridge")]["spec"]["selector"]["matchLabels"],
+        sts["template"]["metadata"]["labels"],
+    )

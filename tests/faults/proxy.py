@@ -86,7 +86,8 @@ _FLUSH_TIMEOUT_S = 1.0
 class Fault:
     """One rule of the fault plan; the first matching, non-exhausted rule applies.
 
-    Matching: ``path_filter`` (see :data:`PathFilter`) and optional ``method``.
+    Matching: ``path_filter`` (see :data:`PathFilter`), optional ``method``, and optional
+    ``body_filter`` (called with the whole request body: e.g. "holds this UID").
     ``count`` limits the rule to the next N matching requests (``hits`` counts uses).
 
     Effects (at most one of the four *actions* may be set; ``delay_s`` and
@@ -106,6 +107,7 @@ class Fault:
 
     path_filter: PathFilter = None
     method: str | None = None
+    body_filter: Callable[[bytes], bool] | None = None
     count: int | None = None
     delay_s: float = 0.0
     throttle_bytes_per_s: float | None = None
@@ -158,8 +160,10 @@ class Fault:
     def exhausted(self) -> bool:
         return self.count is not None and self.hits >= self.count
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self.body_filter is not None and not self.body_filter(body):
             return False
         flt = self.path_filter
         if flt is None:
@@ -260,11 +264,11 @@ class FaultPlan:
             self._delay_s = 0.0
             self._throttle = None
 
-    def match(self, method: str, path: str) -> Fault | None:
+    def match(self, method: str, path: str, body: bytes = b"") -> Fault | None:
         """Return (and count a hit on) the first non-exhausted matching rule."""
         with self._lock:
             for fault in self._faults:
-                if not fault.exhausted and fault.matches(method, path):
+                if not fault.exhausted and fault.matches(method, path, body):
                     fault.hits += 1
                     return fault
         return None
@@ -824,7 +828,7 @@ class FaultProxy:
     ) -> bool:
         """Answer one request; return whether the client connection stays usable."""
         rec = self._new_record(conn_id, req)
-        fault = self.plan.match(req.method, req.target)
+        fault = self.plan.match(req.method, req.target, req.body)
         if fault is not None:
             self._update(rec, fault=fault.kind)
         state = _State()

@@ -329,7 +329,7 @@ def test_top_level_help_lists_commands_and_every_exit_status(
 ) -> None:
     assert _exit_code(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "{run,check,config}" in out
+    assert "{run,check,config,spool}" in out
     for code in range(5):
         assert f"\n  {code}  " in out, (code, out)
 
