@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -398,3 +399,41 @@ def test_the_dimse_timeout_ends_an_association_whose_peer_hangs(
         assert assoc.dul.state_machine.current_state == "Sta1"
     finally:
         relay.close()
+
+
+def test_dicom_tls_and_an_unpinned_pynetdicom_keep_the_dul_path(
+    scp_factory: Callable[..., StoreScp], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scp = scp_factory()
+    assoc = scp.associate()
+    transport = assoc.dul.socket
+    plain = transport.socket
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    with socket.socket() as raw, context.wrap_socket(raw, do_handshake_on_connect=False) as tls:
+        transport.socket = tls  # what a DICOM TLS association's transport holds
+        try:
+            assert adapter.lean_unavailable(assoc) == "DICOM TLS"
+            with adapter.lean_sending(assoc) as lean:
+                assert not lean and "send_pdu" not in vars(assoc.dul)
+        finally:
+            transport.socket = plain
+    assert adapter.lean_unavailable(assoc) is None
+    monkeypatch.setattr(adapter, "PYNETDICOM_PINNED", False)
+    assert "outside the pinned range" in str(adapter.lean_unavailable(assoc))
+    monkeypatch.undo()
+    # The encoded path through the DUL still works on such an association.
+    with adapter.reactor_paused(assoc):
+        monkeypatch.setattr(adapter, "lean_unavailable", lambda a: "off")
+        status = send_encoded(assoc, EncodedInstance(_payload("CT_small.dcm")), msg_id=1)
+    assert int(status.Status) == SUCCESS
+    assoc.release()
+    assert assoc.is_released
+
+
+@pytest.mark.parametrize(
+    ("text", "pinned"), [("3.0.4", True), ("3.0.10", True), ("3.0.3", False), ("3.1.0", False)]
+)
+def test_the_pinned_range(text: str, pinned: bool) -> None:
+    low, high = adapter.PINNED
+    assert (low <= adapter._version(text) < high) is pinned
