@@ -646,15 +646,15 @@ def lean_unavailable(assoc: Any) -> str | None:
 
 def _write(sock: socket.socket, buffers: Sequence[Buffer]) -> None:
     """All of `buffers`, in order, with as few system calls as the kernel allows."""
-    pending = [memoryview(b) for b in buffers if len(b)]
-    while pending:
-        sent = sock.sendmsg(pending[:_IOV_MAX])
-        while sent and pending:
-            if sent >= len(pending[0]):
-                sent -= len(pending.pop(0))
-            else:
-                pending[0] = pending[0][sent:]
-                sent = 0
+    views = [memoryview(b) for b in buffers if len(b)]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first : first + _IOV_MAX])
+        while first < len(views) and sent >= len(views[first]):
+            sent -= len(views[first])
+            first += 1
+        if sent:  # a partial write ended inside this buffer
+            views[first] = views[first][sent:]
 
 
 def _read_exactly(sock: socket.socket, size: int) -> bytes | None:

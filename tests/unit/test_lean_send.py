@@ -159,6 +159,28 @@ def test_parse_pdata_leaves_odd_pdus_to_pynetdicom(body: bytes) -> None:
     assert parse_pdata(body) is None
 
 
+def test_the_socket_writer_survives_partial_writes() -> None:
+    """More buffers than one sendmsg takes, through a small send buffer: every byte arrives
+    once, in order (the kernel cuts writes anywhere, also inside a buffer)."""
+    writer, reader = socket.socketpair()
+    writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    buffers: list[bytes | memoryview] = [bytes([i % 251]) * (i % 997 + 1) for i in range(3000)]
+    buffers += [b"", memoryview(b"x" * 300_000)]
+    expected = b"".join(bytes(b) for b in buffers)
+    got = bytearray()
+
+    def read() -> None:
+        while len(got) < len(expected) and (chunk := reader.recv(65536)):
+            got.extend(chunk)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    with writer, reader:
+        adapter._write(writer, buffers)
+        thread.join(10)
+    assert bytes(got) == expected
+
+
 # --- against real pynetdicom peers ----------------------------------------------------
 
 
