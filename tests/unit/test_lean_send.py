@@ -13,8 +13,10 @@ import socket
 import ssl
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from io import BytesIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -459,3 +461,11 @@ def test_dicom_tls_and_an_unpinned_pynetdicom_keep_the_dul_path(
 def test_the_pinned_range(text: str, pinned: bool) -> None:
     low, high = adapter.PINNED
     assert (low <= adapter._version(text) < high) is pinned
+
+
+def test_the_adapters_range_is_the_one_pinned_in_pyproject() -> None:
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    pins = [d for d in project["project"]["dependencies"] if d.startswith("pynetdicom")]
+    low, high = adapter.PINNED
+    dotted = ".".join
+    assert pins == [f"pynetdicom>={dotted(map(str, low))},<{dotted(map(str, high))}"]
