@@ -20,7 +20,9 @@ Which path a sub-operation takes (decided in ``send_encoded`` and
   lean path is unavailable: P-DATA through pynetdicom's DUL queue and state machine,
   the response from its DIMSE queue;
 - **stock**: a pydicom ``Dataset`` (converted to another syntax, metadata only, a
-  frame-level instance): ``Association.send_c_store``.
+  frame-level instance): ``Association.send_c_store``. During a retrieve on a plain TCP
+  association its P-DATA, like the pending C-GET responses, is still written straight
+  to the socket (``adapter.lean_sending``), and its response read by the DUL.
 
 ``[retrieve] fast_send = false`` makes no ``EncodedInstance``: everything takes the stock
 path.
