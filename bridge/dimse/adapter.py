@@ -553,9 +553,14 @@ class _SocketTurns:
     bridge can take a turn (``exchange``, the direct P-DATA of ``lean_sending``).
 
     The DUL's reactor pass is wrapped at its three steps: ``_process_recv_primitive``
-    (the start of a pass: take the lock), ``_is_transport_event`` (reads the socket; the
-    lock is let go there when no event follows) and ``state_machine.do_action`` (the end
-    of a pass with an event: let go). The DUL's 1 ms idle sleep is spent without it.
+    (the start of a pass: the lock is taken when a queued primitive is to be sent),
+    ``_is_transport_event`` (reads the socket: the lock is taken when data is waiting)
+    and ``state_machine.do_action`` (the end of a pass with an event: let go). The DUL
+    holds it only while it really sends or reads: an idle pass (the 1 ms sleep, the
+    readiness check) takes no lock, so the bridge never waits on a DUL thread that is
+    itself waiting for the GIL. In the established state the DUL skips a pass's read
+    when the bridge holds the lock (the bridge is reading then, and hands back anything
+    that is not its own).
     """
 
     def __init__(self, dul: Any) -> None:
@@ -584,11 +589,25 @@ class _SocketTurns:
     def process_recv_primitive(self) -> bool:
         self._let_go()  # a pass that ended without an event (it never does: belt and braces)
         self.engaged = True
-        self.lock.acquire()
-        self._dul_holds = True
-        return bool(self._process())  # True: an event follows, do_action lets go
+        # Only the DUL takes from this queue: not empty now, not empty when _process looks.
+        if self.dul.to_provider_queue.empty():
+            return False  # nothing to send this pass
+        self._hold()
+        if self._process():
+            return True  # an event follows: do_action lets go
+        self._let_go()
+        return False
 
     def is_transport_event(self) -> bool:
+        transport = self.dul.socket
+        if self.dul.state_machine.current_state == _ESTABLISHED:
+            if transport is None or not transport.ready:
+                return False  # what the stock check returns, without the lock
+            if not self.lock.acquire(blocking=False):
+                return False  # the bridge is reading: it hands back what is not its own
+            self._dul_holds = True
+        else:
+            self._hold()  # Sta13 and the rest: pynetdicom's own check, as ever
         try:
             return bool(self._transport())
         finally:
@@ -600,6 +619,11 @@ class _SocketTurns:
             self._do_action(event)
         finally:
             self._let_go()
+
+    def _hold(self) -> None:
+        if not self._dul_holds:
+            self.lock.acquire()
+            self._dul_holds = True
 
     def _let_go(self) -> None:
         if self._dul_holds:
