@@ -357,6 +357,22 @@ def test_the_dul_keeps_its_turns_between_exchanges(scp_factory: Callable[..., St
         assert int(_lean_send(assoc, instance, msg_id).Status) == SUCCESS
         assert timer._start_time is not None and timer._start_time != before
     assert "send_pdu" not in vars(assoc.dul)  # lean_sending undone
+    # An idle DUL pass takes no lock (so the bridge never waits for a DUL thread that is
+    # itself waiting for the GIL): with the lock held, the DUL keeps looping.
+    dul = assoc.dul
+    turns = dul._bridge_turns
+    passes = [0]
+    wrapped = dul._process_recv_primitive
+
+    def counting() -> bool:
+        passes[0] += 1
+        return bool(wrapped())
+
+    dul._process_recv_primitive = counting
+    with turns.lock:
+        time.sleep(0.2)  # ~200 passes of an idle DUL (it sleeps 1 ms between them)
+    dul._process_recv_primitive = wrapped
+    assert passes[0] > 20
     assoc.release()
     assert assoc.is_released and not assoc.is_aborted
 
