@@ -53,8 +53,8 @@ calling AE title of an opening association and the sending of a DIMSE message ou
 P-DATA primitive through its queue and state machine, one per reactor pass, and reads
 responses the same way, with a 1 ms sleep whenever it is idle: ~1 ms of CPU and latency
 per sub-operation. ``prepare()`` installs ``_SocketTurns`` on the DUL: the thread holds
-one lock whenever it touches the socket (from the start of a reactor pass to the end of
-the state machine action it leads to). ``exchange()`` takes the same lock, writes a
+one lock whenever it sends or reads (until the end of the state machine action that
+follows; an idle pass takes none). ``exchange()`` takes the same lock, writes a
 request's P-DATA-TF PDUs straight to the socket (``sendmsg``, the fragments as views of
 the encoded data set) and reads PDUs itself until the response: P-DATA goes to
 ``DIMSEServiceProvider.receive_primitive`` as the state machine's DT-2 action would (so a
@@ -399,7 +399,7 @@ def peer_max_pdu(assoc: Any) -> int:
 
 def pdata_primitives(context_id: int, pdvs: Iterable[tuple[int, Buffer]]) -> Iterator[Any]:
     """pynetdicom P-DATA primitives, one per (control header, fragment), as ``encode_msg``
-    yields them (``bridge.dimse.fastsend.fragments`` makes the pieces)."""
+    yields them (``bridge.dimse.pdus.fragments`` makes the pieces)."""
     for control, fragment in pdvs:
         pdata = P_DATA()
         pdata.presentation_data_value_list.append((context_id, bytes([control]) + fragment))
