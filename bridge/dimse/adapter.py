@@ -566,8 +566,8 @@ class _SocketTurns:
     def __init__(self, dul: Any) -> None:
         self.dul = dul
         self.lock = threading.Lock()
-        # The DUL has started a wrapped pass: from then on every pass takes the lock (the
-        # pass that was running when this was installed has ended).
+        # The DUL has started a wrapped pass: from then on every pass keeps these turns
+        # (the pass that was running when this was installed has ended).
         self.engaged = False
         self._dul_holds = False
         self._process = dul._process_recv_primitive
