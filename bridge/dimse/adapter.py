@@ -1,9 +1,13 @@
-"""The only place that touches pynetdicom internals; pinned to the range in pyproject.toml.
+"""The only place that touches pynetdicom internals: pinned to ``pynetdicom>=3.0.4,<3.1``.
 
 pynetdicom 3.0 has no public hook for several things the bridge needs, so this module
-reaches into private attributes of ``Association``, ``DULServiceProvider`` and
-``DIMSEServiceProvider`` (checked against 3.0.4's source; an upgrade touches only this
-file, and ``tests/unit/test_adapter.py`` pins the behaviour against real associations).
+reaches into private attributes of ``Association``, ``DULServiceProvider``, its state
+machine and ``DIMSEServiceProvider``, and into its private modules (``_config``,
+``pdu_primitives``, ``timer``). Checked against 3.0.4's source; the same range is pinned
+in pyproject.toml, and an upgrade touches only this file: ``tests/unit/test_adapter.py``
+and ``tests/unit/test_lean_send.py`` pin the behaviour against real associations, and
+``tests/unit/test_boundaries.py`` fails when another module reaches into pynetdicom.
+Outside the range the lean send path below turns itself off (``lean_unavailable``).
 
 **The idle timeout measures silence while the bridge has nothing outstanding.**
 pynetdicom restarts ``dul._idle_timer`` only on *received* PDUs, and the association's
@@ -60,6 +64,24 @@ thread before they start (from EVT_CONN_OPEN): each sets the association's id fo
 log (bridge/dimse/trace.py), the reactor does the DICOM TLS handshake before pynetdicom
 reads (``tls_handshake``) and reports how the association ended once it has
 (``end_cause``).
+
+**The lean send path takes turns on the socket.** pynetdicom's DUL thread sends every
+P-DATA primitive through its queue and state machine, one per reactor pass, and reads
+responses the same way, with a 1 ms sleep whenever it is idle: ~1 ms of CPU and latency
+per sub-operation. ``prepare()`` installs ``_SocketTurns`` on the DUL: the thread holds
+one lock whenever it sends or reads (until the end of the state machine action that
+follows; an idle pass takes none). ``exchange()`` takes the same lock, writes a
+request's P-DATA-TF PDUs straight to the socket (``sendmsg``, the fragments as views of
+the encoded data set) and reads PDUs itself until the response: P-DATA goes to
+``DIMSEServiceProvider.receive_primitive`` as the state machine's DT-2 action would (so a
+C-CANCEL lands in ``cancel_req``, and EVT_DIMSE_RECV fires); anything else (A-ABORT,
+A-RELEASE-RQ, a closed connection, an invalid PDU) is handed back to the DUL's event
+queue and the exchange ends, so pynetdicom's state machine handles it as ever. Between
+exchanges the DUL runs as usual: ARTIM, the idle timer, a C-CANCEL or A-ABORT while the
+bridge waits on WADO-RS are all its own. While a retrieve runs (``lean_sending``), the
+P-DATA pynetdicom sends on that association (the pending C-GET responses) is written
+straight to the socket as well, under the same lock, so it cannot overtake or be
+overtaken by a sub-operation. Not used on DICOM TLS sockets (``lean_unavailable``).
 """
 
 from __future__ import annotations
@@ -67,25 +89,41 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
 import socket
 import ssl
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pynetdicom
 from pydicom import Dataset
 from pynetdicom import _config
-from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, P_DATA
 from pynetdicom.timer import Timer
+
+from bridge.dimse.pdus import Buffer, parse_pdata, pdata_pdu
 
 LOGGER = logging.getLogger(__name__)
 
+PINNED = ((3, 0, 4), (3, 1))  # pynetdicom>=3.0.4,<3.1, as in pyproject.toml
 PAUSE_TIMEOUT = 5.0  # seconds for a reactor to reach its checkpoint (it loops every 1 ms)
 _POLL = 0.05  # seconds between liveness checks while waiting
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+PYNETDICOM_PINNED = PINNED[0] <= _version(pynetdicom.__version__) < PINNED[1]
 
 
 class _IdleTimer(Timer):
@@ -233,6 +271,8 @@ def prepare(assoc: Any) -> None:
         timer.start()
     assoc.dul._idle_timer = timer
     assoc._reactor_checkpoint = _Checkpoint(assoc, assoc._reactor_checkpoint.is_set())
+    if PYNETDICOM_PINNED:
+        _SocketTurns.install(assoc.dul)
     serve: Callable[[Any, int], None] = assoc._serve_request
 
     def serve_request(msg: Any, context_id: int) -> None:
@@ -447,9 +487,18 @@ def peer_max_pdu(assoc: Any) -> int:
     return int(assoc.dimse.maximum_pdu_size)
 
 
-def send_pdata(assoc: Any, items: Iterable[Any]) -> None:
-    """Hand P-DATA primitives to the DUL, as ``DIMSEServiceProvider.send_msg`` does."""
-    for pdata in items:
+def pdata_primitives(context_id: int, pdvs: Iterable[tuple[int, Buffer]]) -> Iterator[Any]:
+    """pynetdicom P-DATA primitives, one per (control header, fragment), as ``encode_msg``
+    yields them (``bridge.dimse.pdus.fragments`` makes the pieces)."""
+    for control, fragment in pdvs:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, bytes([control]) + fragment))
+        yield pdata
+
+
+def send_pdata(assoc: Any, context_id: int, pdvs: Iterable[tuple[int, Buffer]]) -> None:
+    """Hand one message's P-DATA to the DUL, as ``DIMSEServiceProvider.send_msg`` does."""
+    for pdata in pdata_primitives(context_id, pdvs):
         assoc.dul.send_pdu(pdata)
 
 
@@ -468,6 +517,37 @@ def send_message(assoc: Any, msg: Any, context_id: int) -> None:
     """Send a DIMSE message pynetdicom has no ``send_*`` for in this role (the
     N-EVENT-REPORT an acceptor sends on the requestor's association)."""
     assoc.dimse.send_msg(msg, context_id)
+
+
+def peer_ended(assoc: Any) -> bool:
+    """The peer has aborted or asked to release, or the association is no longer
+    established. An acceptor's association is marked ended only in its reactor, which
+    runs the handler's own thread: meanwhile this shows only in the ACSE state."""
+    return bool(
+        not assoc.is_established or assoc.acse.is_aborted() or assoc.acse.is_release_requested()
+    )
+
+
+def dul_alive(assoc: Any) -> bool:
+    """The association's DUL thread still runs (its connection is not gone)."""
+    return bool(assoc.dul.is_alive())
+
+
+def send_reject(assoc: Any, result: int, source: int, diagnostic: int) -> None:
+    """Answer an A-ASSOCIATE-RQ with an A-ASSOCIATE-RJ from an EVT_REQUESTED handler."""
+    assoc.acse.send_reject(result, source, diagnostic)
+
+
+def configure_process() -> None:
+    """pynetdicom's process-wide settings the bridge serves with (``pynetdicom._config``)."""
+    # pynetdicom's own logging prints identifiers (PHI) at INFO and formats every PDU: the
+    # bridge logs what an operator needs itself.
+    _config.LOG_HANDLER_LEVEL = "none"
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # Incoming C-STORE data sets go to a temporary Part 10 file as they arrive, which the
+    # STOW-RS upload streams from: never re-encoded, never whole in memory.
+    _config.STORE_RECV_CHUNKED_DATASET = True
 
 
 def set_nodelay(assoc: Any) -> None:
@@ -649,3 +729,304 @@ def receive_into(directory: Path) -> None:
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
     tempfile.tempdir = str(directory)
+
+
+# --- the lean send path -----------------------------------------------------------------
+
+_P_DATA_TF = 0x04
+_PDU_TYPES = range(0x01, 0x08)  # the PDU types pynetdicom's DUL reads (PS3.8 9.3.1)
+_IOV_MAX = 512  # buffers per sendmsg call, well under every platform's IOV_MAX
+_ESTABLISHED = "Sta6"  # the state machine's "association established, ready for data"
+
+
+class _SocketTurns:
+    """The lock an association's DUL thread holds whenever it touches the socket, so the
+    bridge can take a turn (``exchange``, the direct P-DATA of ``lean_sending``).
+
+    The DUL's reactor pass is wrapped at its three steps: ``_process_recv_primitive``
+    (the start of a pass: the lock is taken when a queued primitive is to be sent),
+    ``_is_transport_event`` (reads the socket: the lock is taken when data is waiting)
+    and ``state_machine.do_action`` (the end of a pass with an event: let go). The DUL
+    holds it only while it really sends or reads: an idle pass (the 1 ms sleep, the
+    readiness check) takes no lock, so the bridge never waits on a DUL thread that is
+    itself waiting for the GIL. In the established state the DUL skips a pass's read
+    when the bridge holds the lock (the bridge is reading then, and hands back anything
+    that is not its own).
+    """
+
+    def __init__(self, dul: Any) -> None:
+        self.dul = dul
+        self.lock = threading.Lock()
+        # The DUL has started a wrapped pass: from then on every pass keeps these turns
+        # (the pass that was running when this was installed has ended).
+        self.engaged = False
+        self._dul_holds = False
+        self._process = dul._process_recv_primitive
+        self._transport = dul._is_transport_event
+        self._do_action = dul.state_machine.do_action
+
+    @classmethod
+    def install(cls, dul: Any) -> None:
+        if isinstance(vars(dul).get("_bridge_turns"), cls):
+            return
+        turns = cls(dul)
+        dul._bridge_turns = turns
+        dul._process_recv_primitive = turns.process_recv_primitive
+        dul._is_transport_event = turns.is_transport_event
+        dul.state_machine.do_action = turns.do_action
+
+    # The DUL thread's side.
+
+    def process_recv_primitive(self) -> bool:
+        self._let_go()  # a pass that ended without an event (it never does: belt and braces)
+        self.engaged = True
+        # Only the DUL takes from this queue: not empty now, not empty when _process looks.
+        if self.dul.to_provider_queue.empty():
+            return False  # nothing to send this pass
+        self._hold()
+        if self._process():
+            return True  # an event follows: do_action lets go
+        self._let_go()
+        return False
+
+    def is_transport_event(self) -> bool:
+        transport = self.dul.socket
+        if self.dul.state_machine.current_state == _ESTABLISHED:
+            if transport is None or not transport.ready:
+                return False  # what the stock check returns, without the lock
+            if not self.lock.acquire(blocking=False):
+                return False  # the bridge is reading: it hands back what is not its own
+            self._dul_holds = True
+        else:
+            self._hold()  # Sta13 and the rest: pynetdicom's own check, as ever
+        try:
+            return bool(self._transport())
+        finally:
+            if self.dul.event_queue.empty():
+                self._let_go()  # no state machine action this pass
+
+    def do_action(self, event: str) -> None:
+        try:
+            self._do_action(event)
+        finally:
+            self._let_go()
+
+    def _hold(self) -> None:
+        if not self._dul_holds:
+            self.lock.acquire()
+            self._dul_holds = True
+
+    def _let_go(self) -> None:
+        if self._dul_holds:
+            self._dul_holds = False
+            self.lock.release()
+
+    # The bridge's side.
+
+    def take(self, assoc: Any, deadline: float | None) -> bool:
+        """The lock, once the DUL has nothing queued to send (so nothing written here can
+        overtake it); False when the association is lost first or `deadline` passes."""
+        while True:
+            if self.lock.acquire(timeout=_POLL / 10):
+                if self.dul.to_provider_queue.empty():
+                    return True
+                self.lock.release()  # let the DUL send what is queued first
+                time.sleep(0.0005)
+            if lost(assoc) or assoc._kill or (deadline is not None and time.monotonic() > deadline):
+                return False
+
+
+def _turns(assoc: Any) -> _SocketTurns | None:
+    turns = vars(assoc.dul).get("_bridge_turns")
+    return turns if isinstance(turns, _SocketTurns) else None
+
+
+def lean_unavailable(assoc: Any) -> str | None:
+    """Why the lean path cannot send on `assoc` (then the DUL does), or None when it can."""
+    if not PYNETDICOM_PINNED:
+        return f"pynetdicom {pynetdicom.__version__} is outside the pinned range"
+    turns = _turns(assoc)
+    if turns is None or not turns.engaged:
+        return "association not prepared"
+    transport = assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if sock is None:
+        return "no socket"
+    if isinstance(sock, ssl.SSLSocket):
+        # Buffered TLS records are invisible to select and an SSLSocket has no sendmsg:
+        # the DUL's own loop handles them.
+        return "DICOM TLS"
+    return None
+
+
+def _write(sock: socket.socket, buffers: Sequence[Buffer]) -> None:
+    """All of `buffers`, in order, with as few system calls as the kernel allows."""
+    views = [memoryview(b) for b in buffers if len(b)]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first : first + _IOV_MAX])
+        while first < len(views) and sent >= len(views[first]):
+            sent -= len(views[first])
+            first += 1
+        if sent:  # a partial write ended inside this buffer
+            views[first] = views[first][sent:]
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes | None:
+    """`size` bytes, or None when the connection ends first (the socket's own network
+    timeout bounds each wait, as for the DUL)."""
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining:
+        chunk = sock.recv(min(remaining, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def exchange(assoc: Any, pdus: Sequence[Buffer], timeout: float | None) -> Any:
+    """Write one request's P-DATA-TF PDUs straight to `assoc`'s socket and read PDUs until
+    a DIMSE message arrives: that message (the response), or None after `timeout` seconds
+    (the DIMSE timeout) or when the association is lost or ending. The caller holds the
+    reactor (``reactor_paused``) and hands the result to ``response_status``.
+
+    Every PDU read is what pynetdicom's DUL would have read: P-DATA goes to the DIMSE
+    provider as the DT-2 action does; anything else goes back to the DUL's event queue,
+    and this returns once the state machine has acted on it.
+    """
+    dul = assoc.dul
+    turns = _turns(assoc)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    if turns is None or not turns.take(assoc, deadline):
+        return None
+    handed_back = False
+    try:
+        sock = dul.socket.socket if dul.socket is not None else None
+        if sock is None or dul.state_machine.current_state != _ESTABLISHED:
+            return None
+        try:
+            _write(sock, pdus)
+        except OSError:
+            dul.event_queue.put("Evt17")  # what AssociationSocket.send does on an error
+            handed_back = True
+            return None
+        while True:
+            try:
+                _, message = assoc.dimse.msg_queue.get_nowait()
+                return message
+            except queue.Empty:
+                pass
+            if not dul.event_queue.empty():  # an invalid DIMSE message (Evt19)
+                handed_back = True
+                return None
+            step = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+            if step <= 0:
+                return None
+            readable, _, _ = select.select([sock], [], [], step)
+            if not readable:
+                if lost(assoc) or assoc._kill:
+                    return None
+                continue
+            handed_back = not _read_pdu(dul, sock)
+            if handed_back:
+                return None
+    finally:
+        turns.lock.release()
+        if handed_back:
+            _acted_on(assoc, turns)
+
+
+def _read_pdu(dul: Any, sock: socket.socket) -> bool:
+    """Read one PDU as ``DULServiceProvider._read_pdu_data`` does and act on it: True for
+    P-DATA given to the DIMSE provider, False when it went back to the DUL's queue."""
+    try:
+        header = _read_exactly(sock, 6)
+        if header is None:
+            dul.event_queue.put("Evt17")  # transport connection closed
+            return False
+        pdu_type, length = header[0], int.from_bytes(header[2:6], "big")
+        if pdu_type not in _PDU_TYPES:
+            dul.event_queue.put("Evt19")  # unrecognised PDU
+            return False
+        body = _read_exactly(sock, length)
+    except OSError:
+        dul.event_queue.put("Evt17")
+        return False
+    if body is None:
+        dul.event_queue.put("Evt17")
+        return False
+    dul._idle_timer.restart()
+    pdvs = parse_pdata(body) if pdu_type == _P_DATA_TF else None
+    if pdvs is not None:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.extend(pdvs)
+        dul.assoc.dimse.receive_primitive(pdata)  # the state machine's DT-2
+        return True
+    try:
+        pdu, event = dul._decode_pdu(bytearray(header + body))
+    except Exception:
+        dul.event_queue.put("Evt19")
+        return False
+    if event == "Evt10":  # a P-DATA-TF only pynetdicom's decoder reads
+        dul.assoc.dimse.receive_primitive(pdu.to_primitive())
+        return True
+    dul._recv_pdu.put(pdu)
+    dul.event_queue.put(event)
+    return False
+
+
+def _acted_on(assoc: Any, turns: _SocketTurns, timeout: float = 2.0) -> None:
+    """Wait until the DUL has taken and acted on what was handed back (an A-ABORT, a
+    closed connection), so the caller sees the association as pynetdicom then leaves it:
+    ``response_status`` must not abort an association the peer has aborted already."""
+    deadline = time.monotonic() + timeout
+    dul = assoc.dul
+    while not dul.event_queue.empty() and dul.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    # The DUL holds the lock until its action is done.
+    if turns.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        turns.lock.release()
+
+
+@contextlib.contextmanager
+def lean_sending(assoc: Any) -> Iterator[bool]:
+    """For the duration of one retrieve, every P-DATA pynetdicom sends on `assoc` (the
+    pending C-GET responses between sub-operations) is written straight to the socket in
+    the caller's thread, under the socket lock, instead of through the DUL's queue.
+    Yields False (and changes nothing) where the lean path does not apply."""
+    dul = assoc.dul
+    turns = _turns(assoc)
+    if turns is None or lean_unavailable(assoc) is not None:
+        yield False
+        return
+    if "send_pdu" in vars(dul):  # nested
+        yield True
+        return
+    stock: Callable[[Any], None] = dul.send_pdu
+
+    def send_pdu(primitive: Any) -> None:
+        if not isinstance(primitive, P_DATA) or threading.current_thread() is dul:
+            stock(primitive)
+            return
+        if not turns.take(assoc, time.monotonic() + PAUSE_TIMEOUT):
+            stock(primitive)  # the association is going: pynetdicom decides
+            return
+        try:
+            sock = dul.socket.socket if dul.socket is not None else None
+            if sock is None or dul.state_machine.current_state != _ESTABLISHED:
+                stock(primitive)
+                return
+            try:
+                sock.sendall(pdata_pdu(primitive.presentation_data_value_list))
+            except OSError:
+                dul.event_queue.put("Evt17")
+        finally:
+            turns.lock.release()
+
+    dul.send_pdu = send_pdu
+    try:
+        yield True
+    finally:
+        del dul.send_pdu

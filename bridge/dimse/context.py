@@ -9,6 +9,7 @@ from pynetdicom.events import Event
 
 from bridge.config import Config, DicomwebConfig
 from bridge.dicomweb.client import DicomwebClient
+from bridge.dimse import adapter
 from bridge.dimse.stored import StoredIndex
 from bridge.loop_thread import LoopThread
 from bridge.models import QidoPage, QidoQuery
@@ -94,7 +95,7 @@ class CancelWatch:
         # pynetdicom marks an acceptor's association ended only in its reactor, which
         # runs on the handler's own thread: while the handler waits on HTTP, an A-ABORT
         # or A-RELEASE-RQ from the peer shows only in the ACSE state.
-        if not assoc.is_established or assoc.acse.is_aborted() or assoc.acse.is_release_requested():
+        if adapter.peer_ended(assoc):
             self.cancelled, self.reason = True, ASSOCIATION_ENDED
         elif self._event.is_cancelled:
             self.cancelled, self.reason = True, C_CANCEL_RECEIVED

@@ -5,12 +5,27 @@ again: two full passes over each data set on the one thread that paces the whole
 When the peer accepted the instance's stored transfer syntax exactly, the encoded data
 set after the File Meta group is already the C-STORE payload, so it is sent as is.
 
-The C-STORE-RQ command set is encoded directly too, and the P-DATA primitives handed to
-the DUL as pynetdicom's own ``encode_msg`` would (tested byte for byte against it). The
-pynetdicom internals ``send_c_store`` itself uses (context choice, the reactor pause, the
-response wait and its checks) are reached through ``bridge.dimse.adapter``.
-``[retrieve] fast_send = false`` turns it off; the stock path is also used whenever the
-instance needs converting, and for metadata-only instances.
+The C-STORE-RQ command set is encoded here directly, and its fragmentation and P-DATA-TF
+PDUs in ``bridge.dimse.pdus``, byte for byte as pynetdicom's ``encode_msg`` and DUL would
+(tests pin both), with no pynetdicom import: every pynetdicom internal is behind
+``bridge.dimse.adapter``.
+
+Which path a sub-operation takes (decided in ``send_encoded`` and
+``bridge.dimse.retrieval.send.StoreOutcomes``):
+
+- **lean**: an ``EncodedInstance`` (the stored syntax accepted exactly) on a plain TCP
+  association (``adapter.lean_unavailable`` is None): its P-DATA-TF PDUs written
+  straight to the socket, the C-STORE-RSP read from it (``adapter.exchange``);
+- **encoded**: an ``EncodedInstance`` on a DICOM TLS association, or wherever else the
+  lean path is unavailable: P-DATA through pynetdicom's DUL queue and state machine,
+  the response from its DIMSE queue;
+- **stock**: a pydicom ``Dataset`` (converted to another syntax, metadata only, a
+  frame-level instance): ``Association.send_c_store``. During a retrieve on a plain TCP
+  association its P-DATA, like the pending C-GET responses, is still written straight
+  to the socket (``adapter.lean_sending``), and its response read by the DUL.
+
+``[retrieve] fast_send = false`` makes no ``EncodedInstance``: everything takes the stock
+path.
 """
 
 from __future__ import annotations
@@ -22,9 +37,9 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
-from pynetdicom.pdu_primitives import P_DATA
 
 from bridge.dimse import adapter
+from bridge.dimse.pdus import fragments, pdata_pdus
 
 LOGGER = logging.getLogger(__name__)
 
@@ -147,19 +162,6 @@ def encode_store_rq(
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
-def _p_data_items(context_id: int, command: bytes, data: memoryview, max_pdu: int) -> Any:
-    """P-DATA primitives for one message, fragmented as pynetdicom's encode_msg does."""
-    size = len(command) + len(data) + 6 if max_pdu == 0 else max_pdu - 6
-    for flags, payload in ((0x01, command), (0x00, data)):
-        chunks = [payload[i : i + size] for i in range(0, len(payload), size)] or [payload[:0]]
-        for index, chunk in enumerate(chunks):
-            last = index == len(chunks) - 1
-            pdata = P_DATA()
-            header = flags | (0x02 if last else 0x00)
-            pdata.presentation_data_value_list.append((context_id, bytes([header]) + chunk))
-            yield pdata
-
-
 def send_encoded(
     assoc: Any,
     instance: EncodedInstance,
@@ -169,7 +171,8 @@ def send_encoded(
     originator_id: int | None = None,
 ) -> Dataset:
     """``Association.send_c_store`` for an already encoded data set: same context choice,
-    same reactor pause, same response handling; no encoding."""
+    same reactor pause, same response handling; no encoding. The PDUs go straight to the
+    socket when the lean path applies, else through pynetdicom's DUL."""
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
     context = adapter.valid_context(
@@ -192,8 +195,11 @@ def send_encoded(
         # What DIMSEServiceProvider.send_msg does, minus building a pydicom command set
         # (no EVT_DIMSE_SENT for these sub-operation requests: nothing here listens).
         max_pdu = adapter.peer_max_pdu(assoc)
-        adapter.send_pdata(
-            assoc, _p_data_items(context.context_id, command, instance.encoded, max_pdu)
-        )
-        _, rsp = adapter.wait_response(assoc, assoc.dimse_timeout)
+        cx_id = context.context_id
+        if adapter.lean_unavailable(assoc) is None:
+            pdus = pdata_pdus(cx_id, command, instance.encoded, max_pdu)
+            rsp = adapter.exchange(assoc, pdus, assoc.dimse_timeout)
+        else:
+            adapter.send_pdata(assoc, cx_id, fragments(command, instance.encoded, max_pdu))
+            _, rsp = adapter.wait_response(assoc, assoc.dimse_timeout)
     return adapter.response_status(assoc, rsp)

@@ -28,6 +28,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from bridge.config import Config
+from bridge.dimse import adapter
 
 LOGGER = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ class PeerGate:
         self._reasons[assoc] = reason
         # pynetdicom sets it during the negotiation this refusal skips.
         assoc.requestor.ae_title = calling_ae
-        assoc.acse.send_reject(
-            _REJECTED_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED
+        adapter.send_reject(
+            assoc, _REJECTED_PERMANENT, _SOURCE_SERVICE_USER, _CALLING_AE_NOT_RECOGNISED
         )
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         # As pynetdicom does after its own refusals: stop the DUL thread.

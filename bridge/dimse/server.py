@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -33,15 +33,9 @@ LOGGER = logging.getLogger(__name__)
 def configure_pynetdicom() -> None:
     """pynetdicom's process-wide settings the bridge serves with. Set when a DimseServer
     is made, not on import: a process that only imports this module (the tests, with SCPs
-    of their own) keeps pynetdicom's defaults."""
-    # pynetdicom's own logging prints identifiers (PHI) at INFO and formats every PDU: the
-    # bridge logs what an operator needs itself.
-    _config.LOG_HANDLER_LEVEL = "none"
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    # Incoming C-STORE data sets go to a temporary Part 10 file as they arrive, which the
-    # STOW-RS upload streams from: never re-encoded, never whole in memory.
-    _config.STORE_RECV_CHUNKED_DATASET = True
+    of their own) keeps pynetdicom's defaults. No PHI from pynetdicom's own logging; C-STORE
+    data sets spooled to files as they arrive (``adapter.configure_process``)."""
+    adapter.configure_process()
 
 
 def _set_nodelay(event: Event) -> None:
@@ -224,5 +218,5 @@ def _working(server: ThreadedAssociationServer) -> list[Any]:
     return [
         assoc
         for assoc in server.active_associations
-        if assoc.is_established or assoc.dul.is_alive()
+        if assoc.is_established or adapter.dul_alive(assoc)
     ]

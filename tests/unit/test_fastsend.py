@@ -72,7 +72,9 @@ def test_p_data_equal_pynetdicoms_encode_msg(
     from pynetdicom.dimse_messages import C_STORE_RQ
     from pynetdicom.dimse_primitives import C_STORE
 
-    from bridge.dimse.fastsend import _p_data_items, encode_store_rq
+    from bridge.dimse.adapter import pdata_primitives
+    from bridge.dimse.fastsend import encode_store_rq
+    from bridge.dimse.pdus import fragments
 
     payload = _payload("CT_small.dcm")
     instance = EncodedInstance(payload)
@@ -91,7 +93,6 @@ def test_p_data_equal_pynetdicoms_encode_msg(
     command = encode_store_rq(
         7, 2, str(instance.SOPClassUID), str(instance.SOPInstanceUID), aet, originator_id
     )
-    ours = [
-        p.presentation_data_value_list for p in _p_data_items(5, command, instance.encoded, max_pdu)
-    ]
+    pdvs = fragments(command, instance.encoded, max_pdu)
+    ours = [p.presentation_data_value_list for p in pdata_primitives(5, pdvs)]
     assert ours == theirs

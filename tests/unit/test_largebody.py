@@ -16,6 +16,7 @@ from bridge.config import DicomwebConfig
 from bridge.dicomweb import largebody
 from bridge.dicomweb.client import make_client
 from bridge.dicomweb.multipart import encode_multipart
+from bridge.dimse import adapter
 from bridge.dimse.fastsend import encode_store_rq
 from bridge.dimse.retrieval.largefile import SpooledInstance, _fragments
 from bridge.errors import DicomwebProtocolError
@@ -122,11 +123,9 @@ def test_fragments_from_the_file_match_pynetdicoms(tmp_path: Path, max_pdu: int)
         length = handle.seek(0, 2) - instance.offset
         handle.seek(instance.offset)
         size = max_pdu - 6
-        ours = [
-            p.presentation_data_value_list
-            for p in [
-                *_fragments(3, 0x01, BytesIO(command).read, len(command), size),
-                *_fragments(3, 0x00, handle.read, length, size),
-            ]
+        pdvs = [
+            *_fragments(0x01, BytesIO(command).read, len(command), size),
+            *_fragments(0x00, handle.read, length, size),
         ]
+        ours = [p.presentation_data_value_list for p in adapter.pdata_primitives(3, pdvs)]
     assert ours == theirs

@@ -19,7 +19,6 @@ from typing import Any
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
-from pynetdicom.pdu_primitives import P_DATA
 
 from bridge.dimse import adapter
 from bridge.dimse.fastsend import Part10Error, encode_store_rq, split_part10
@@ -57,18 +56,16 @@ class SpooledInstance(Dataset):
 
 
 def _fragments(
-    context_id: int, flags: int, read: Callable[[int], bytes], length: int, size: int
-) -> Iterator[Any]:
-    """P-DATA primitives of one message part, `size` bytes of value each, read lazily."""
+    flags: int, read: Callable[[int], bytes], length: int, size: int
+) -> Iterator[tuple[int, bytes]]:
+    """(message control header, fragment) of one message part, `size` bytes of value
+    each, read lazily (adapter.send_pdata makes them P-DATA)."""
     remaining = length
     while True:
         piece = read(min(size, remaining))
         remaining -= len(piece)
         last = remaining <= 0 or not piece
-        pdata = P_DATA()
-        header = flags | (0x02 if last else 0x00)
-        pdata.presentation_data_value_list.append((context_id, bytes([header]) + piece))
-        yield pdata
+        yield flags | (0x02 if last else 0x00), piece
         if last:
             return
 
@@ -107,11 +104,11 @@ def send_spooled(
             size = _UNLIMITED_PIECE if max_pdu == 0 else max_pdu - 6
             cid = context.context_id
             adapter.send_pdata(
-                assoc, _fragments(cid, 0x01, BytesIO(command).read, len(command), size)
+                assoc, cid, _fragments(0x01, BytesIO(command).read, len(command), size)
             )
-            for pdata in _fragments(cid, 0x00, handle.read, length, size):
+            for pdv in _fragments(0x00, handle.read, length, size):
                 if not adapter.wait_sent(assoc, _QUEUED, assoc.dimse_timeout):
                     return adapter.response_status(assoc, None)
-                adapter.send_pdata(assoc, [pdata])
+                adapter.send_pdata(assoc, cid, [pdv])
         _, rsp = adapter.wait_response(assoc, assoc.dimse_timeout)
     return adapter.response_status(assoc, rsp)

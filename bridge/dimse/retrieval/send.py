@@ -8,6 +8,11 @@ The destination's reactor is held at its checkpoint for the whole retrieve
 (``adapter.reactor_paused``), so only the sender reads C-STORE responses off the DIMSE
 queue, on the encoded fast path and on pynetdicom's stock ``send_c_store`` alike. On a
 C-GET that is the requesting association, whose reactor is the thread running this.
+
+With ``retrieve.fast_send`` the retrieve runs ``adapter.lean_sending`` on the sender:
+encoded instances go out on the lean path where it applies (plain TCP), and so do the
+pending C-GET responses between them (``bridge.dimse.fastsend`` lists which path each
+sub-operation takes).
 """
 
 from __future__ import annotations
@@ -143,6 +148,13 @@ class FinalComment:
         self._stack.close()
 
 
+def _lean(sender: Any, ctx: BridgeContext) -> contextlib.AbstractContextManager[bool]:
+    """The lean send path for the retrieve, unless ``retrieve.fast_send`` is off."""
+    if ctx.config.retrieve.fast_send:
+        return adapter.lean_sending(sender)
+    return contextlib.nullcontext(False)
+
+
 def run_suboperations(
     service: str,
     sender: Any,
@@ -185,8 +197,12 @@ def _run(
     with (
         StoreOutcomes(sender) as outcomes,
         adapter.reactor_paused(sender) as held,
+        _lean(sender, ctx) as lean,
         contextlib.closing(source.subops()) as subops,
     ):
+        LOGGER.debug(
+            "%s to %s: %s", service, peer, "lean send path" if lean else "send through the DUL"
+        )
         try:
             for subop in subops:
                 if cancelled():
