@@ -417,10 +417,13 @@ def wrap_reactor(assoc: Any, around: Around) -> None:
 
 
 def name_threads(assoc: Any, name: str) -> None:
-    """Name the association's reactor thread `name` and its DUL thread `name`-dul (before
-    they start): pynetdicom's "AcceptorThread@<second>" is shared by every association
-    that starts in the same second."""
-    assoc.name = name
+    """Name the association's reactor thread ``AcceptorThread-<name>`` (or Requestor...)
+    and its DUL thread ``<name>-dul`` (before they start): pynetdicom's
+    "AcceptorThread@<second>" is shared by every association that starts in the same
+    second. The "AcceptorThread" stays: pynetdicom finds a server's associations by it
+    (``ThreadedAssociationServer.active_associations``), and the shutdown drain with it."""
+    role = str(assoc.name).partition("@")[0] or "Association"
+    assoc.name = f"{role}-{name}"
     assoc.dul.name = f"{name}-dul"
 
 

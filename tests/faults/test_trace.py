@@ -311,7 +311,9 @@ def test_every_line_of_an_association_carries_its_id(
 
     summaries = {line["service"]: line for line in mine if line.get("event") == "operation_end"}
     # The association's threads are named after it, not after the second it began in.
-    assert {line["thread"] for line in summaries.values()} == {f"association-{association}"}
+    assert {line["thread"] for line in summaries.values()} == {
+        f"AcceptorThread-association-{association}"
+    }
     assert set(summaries) == {"C-ECHO", "C-FIND", "C-GET"}
     for line in summaries.values():
         assert SUMMARY_FIELDS <= set(line), line
