@@ -183,7 +183,7 @@ def test_the_internals_check_sees_the_adapters_uses() -> None:
     text = "\n".join(uses)
     for expected in (
         "from pynetdicom import _config",
-        "from pynetdicom.pdu_primitives import P_DATA",
+        "from pynetdicom.pdu_primitives import",
         "assoc._reactor_checkpoint",
         "assoc.dul",
         "assoc.dimse",
