@@ -394,8 +394,7 @@ def wait_response(
         if step <= 0:
             # The caller aborts the association next (``response_status``, pynetdicom's
             # own send_*): that abort is a DIMSE timeout.
-            _mark(assoc, DIMSE_TIMEOUT)
-            assoc._bridge_timed_out = True  # pynetdicom aborts next: say why (end_cause)
+            _timed_out(assoc)
             return None, None
         try:
             item: tuple[int | None, Any] = assoc.dimse.msg_queue.get(timeout=step)
@@ -650,6 +649,14 @@ SHUTDOWN = "shutdown"
 _causes: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _received: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _causes_lock = threading.Lock()
+
+
+def _timed_out(assoc: Any) -> None:
+    """No DIMSE response within the DIMSE timeout: the caller aborts the association next
+    (``response_status``, pynetdicom's own send_*). Both accounts of it say why: the abort
+    metrics (``abort_cause``) and the association-end line (``end_cause``)."""
+    _mark(assoc, DIMSE_TIMEOUT)
+    assoc._bridge_timed_out = True
 
 
 def _mark(assoc: Any, cause: str) -> None:
@@ -926,6 +933,7 @@ def exchange(assoc: Any, pdus: Sequence[Buffer], timeout: float | None) -> Any:
                 return None
             step = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
             if step <= 0:
+                _timed_out(assoc)
                 return None
             readable, _, _ = select.select([sock], [], [], step)
             if not readable:

@@ -192,10 +192,15 @@ def test_an_abort_by_the_scu_mid_transfer_leaves_the_bridge_serving(
     assert _lean_retrieves(bridge) == before + 1
     # The bridge notices at once (A-ABORT read off the socket, or seen in the ACSE state
     # by the next cancel check) and stops sending.
-    ended = ("association to PYNETDICOM lost", "C-GET for PYNETDICOM cancelled (association ended)")
+    ended = (
+        "association to PYNETDICOM lost",
+        "C-GET for PYNETDICOM stopped: the association ended",
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any(e in bridge.log_text() for e in ended):
         time.sleep(0.1)
     assert any(e in bridge.log_text() for e in ended), bridge.log_tail()
+    # The peer aborted: the bridge sent no A-ABORT of its own, and says so.
+    assert "to DIMSE_BRIDGE aborted by the peer" in bridge.log_text(), bridge.log_tail()
     assert c_echo(bridge) == SUCCESS
     assert bridge.running
