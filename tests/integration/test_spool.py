@@ -291,14 +291,18 @@ def test_thousand_instances_server_stopped_20s(side: Side, proxy: FaultProxy, ma
     acked: list[int] = []
     sender = threading.Thread(target=lambda: acked.append(storescu_parallel(process, paths)))
     sender.start()
-    time.sleep(0.5)
+    # In the middle: once the spool has taken some instances, while more are coming.
+    deadline = time.monotonic() + 60
+    while sum(bridge.status()["counts"].values()) < 100 and time.monotonic() < deadline:
+        time.sleep(0.05)
     side.server.stop()
+    stopped = time.monotonic()
     try:
         sender.join(150)
         assert not sender.is_alive() and acked == [1000]
-        time.sleep(max(0.0, 20.0 - 0.5))
+        time.sleep(max(0.0, 20.0 - (time.monotonic() - stopped)))
         counts = bridge.status()["counts"]
-        assert counts["queued"] + counts["failed"] + counts["uploading"] > 0
+        assert counts["queued"] + counts["failed"] + counts["uploading"] > 0, counts
     finally:
         side.server.start()
     status = bridge.wait_drained()
