@@ -1,0 +1,43 @@
+"""Fixtures of the cloud tests: a private Orthanc per module holding the standard data set,
+and a conformance emulator per vendor in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.cloud.emulator import ConformanceEmulator
+from tests.conftest import OrthancFixture, _start_orthanc
+
+
+@pytest.fixture(scope="module")
+def cloud_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancFixture]:
+    """A private Orthanc for the module (tests may add to it), with the standard data set."""
+    fixture = _start_orthanc(tmp_path_factory.mktemp("orthanc-cloud"), with_dataset=True)
+    try:
+        yield fixture
+    finally:
+        fixture.server.stop()
+
+
+@pytest.fixture(scope="module")
+def emulators(
+    cloud_orthanc: OrthancFixture,
+) -> Iterator[Callable[[str], ConformanceEmulator]]:
+    """``emulators("azure")``: the module's emulator of that vendor (started once), its
+    records, refusals and faults cleared and its rate bucket refilled for each caller."""
+    started: dict[str, ConformanceEmulator] = {}
+
+    def get(vendor: str) -> ConformanceEmulator:
+        emu = started.get(vendor)
+        if emu is None:
+            emu = started[vendor] = ConformanceEmulator(cloud_orthanc.http_url, vendor).start()
+        emu.clear()
+        emu.clear_faults()
+        emu.reset_rate()
+        return emu
+
+    yield get
+    for emu in started.values():
+        emu.stop()
