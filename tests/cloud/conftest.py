@@ -8,7 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.cloud.emulator import ConformanceEmulator
+from tests.cloud.stack import Stacks
 from tests.conftest import OrthancFixture, _start_orthanc
+from tests.integration.test_move import Destination
 
 
 @pytest.fixture(scope="module")
@@ -41,3 +43,33 @@ def emulators(
     yield get
     for emu in started.values():
         emu.stop()
+
+
+@pytest.fixture(scope="session")
+def cloud_pydest() -> Iterator[Destination]:
+    """A pynetdicom storage SCP (PYDEST) that every read-only stack lists as a C-MOVE
+    destination."""
+    dest = Destination("PYDEST").start()
+    try:
+        yield dest
+    finally:
+        dest.stop()
+
+
+@pytest.fixture(scope="session")
+def read_stacks(
+    orthanc: OrthancFixture,
+    cloud_pydest: Destination,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stacks]:
+    """One stack per profile in front of the session Orthanc (read only: C-FIND, C-GET,
+    C-MOVE), shared by the cloud modules that only read."""
+    stacks = Stacks(
+        orthanc,
+        tmp_path_factory.mktemp("cloud-read"),
+        peers=[(cloud_pydest.ae_title, "127.0.0.1", cloud_pydest.port)],
+    )
+    try:
+        yield stacks
+    finally:
+        stacks.close()

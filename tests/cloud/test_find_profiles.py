@@ -1,0 +1,68 @@
+"""C-FIND through the bridge under every server profile, cross-checked with Orthanc's own
+C-FIND: the cases of tests/integration/test_find.py (every level, wildcards, ranges, UID
+lists, ModalitiesInStudy, PATIENT level), each asked of the bridge in front of the
+profile's conformance emulator and of Orthanc's native C-FIND SCP on the same data.
+
+The answers must be identical, with exactly the requested keys, and the emulator must
+have refused nothing: the bridge has to plan every request into what the vendor takes and
+match the rest itself (issue 11, items 1-3).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+from tests.cloud.stack import PROFILES, Stacks
+from tests.conftest import OrthancFixture
+from tests.integration.test_find import (
+    CASES,
+    PENDING,
+    SUCCESS,
+    Case,
+    assert_exact_keys,
+    manifest_rows,
+    pynetdicom_find,
+    rows,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@cache
+def _native(case_id: str, port: int, aet: str, m_id: int) -> list[tuple[tuple[str, str], ...]]:
+    """Orthanc's native answer to a case (asked once per session, whatever the profile)."""
+    case = next(c for c in CASES if c.id == case_id)
+    manifest = _MANIFESTS[m_id]
+    got = pynetdicom_find(port, aet, case.identifier_keys(manifest), model=case.model)
+    assert got.status == SUCCESS, got
+    return rows(got.identifiers, case.keywords(manifest))
+
+
+_MANIFESTS: dict[int, object] = {}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("profile", PROFILES)
+def test_find_identical_to_orthanc_native(
+    profile: str, case: Case, read_stacks: Stacks, orthanc: OrthancFixture
+) -> None:
+    m = orthanc.manifest
+    _MANIFESTS[id(m)] = m
+    keywords = case.keywords(m)
+    expected = manifest_rows(case.matches(m), keywords)
+    assert len(expected) == case.count
+
+    stack = read_stacks(profile)
+    got = pynetdicom_find(
+        stack.bridge.port, stack.bridge.ae_title, case.identifier_keys(m), model=case.model
+    )
+    assert got.status == SUCCESS, (got.status, got.comment, stack.refused())
+    assert got.statuses.count(PENDING) == case.count, stack.refused()
+    assert rows(got.identifiers, keywords) == expected, stack.refused()
+    assert_exact_keys(got.identifiers, keywords, case.level)
+    assert rows(got.identifiers, keywords) == _native(
+        case.id, orthanc.dicom_port, orthanc.aet, id(m)
+    )
+    stack.emulator.assert_refused_nothing()
