@@ -10,8 +10,6 @@ match the rest itself (issue 11, items 1-3).
 
 from __future__ import annotations
 
-from functools import cache
-
 import pytest
 
 from tests.cloud.stack import PROFILES, Stacks
@@ -30,17 +28,20 @@ from tests.integration.test_find import (
 pytestmark = pytest.mark.integration
 
 
-@cache
-def _native(case_id: str, port: int, aet: str, m_id: int) -> list[tuple[tuple[str, str], ...]]:
-    """Orthanc's native answer to a case (asked once per session, whatever the profile)."""
-    case = next(c for c in CASES if c.id == case_id)
-    manifest = _MANIFESTS[m_id]
-    got = pynetdicom_find(port, aet, case.identifier_keys(manifest), model=case.model)
-    assert got.status == SUCCESS, got
-    return rows(got.identifiers, case.keywords(manifest))
+Rows = list[tuple[tuple[str, str], ...]]
+_NATIVE: dict[str, Rows] = {}
 
 
-_MANIFESTS: dict[int, object] = {}
+def native(case: Case, orthanc: OrthancFixture) -> Rows:
+    """Orthanc's native answer to a case, asked once per session whatever the profile."""
+    if case.id not in _NATIVE:
+        m = orthanc.manifest
+        got = pynetdicom_find(
+            orthanc.dicom_port, orthanc.aet, case.identifier_keys(m), model=case.model
+        )
+        assert got.status == SUCCESS, got
+        _NATIVE[case.id] = rows(got.identifiers, case.keywords(m))
+    return _NATIVE[case.id]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -49,7 +50,6 @@ def test_find_identical_to_orthanc_native(
     profile: str, case: Case, read_stacks: Stacks, orthanc: OrthancFixture
 ) -> None:
     m = orthanc.manifest
-    _MANIFESTS[id(m)] = m
     keywords = case.keywords(m)
     expected = manifest_rows(case.matches(m), keywords)
     assert len(expected) == case.count
@@ -62,7 +62,5 @@ def test_find_identical_to_orthanc_native(
     assert got.statuses.count(PENDING) == case.count, stack.refused()
     assert rows(got.identifiers, keywords) == expected, stack.refused()
     assert_exact_keys(got.identifiers, keywords, case.level)
-    assert rows(got.identifiers, keywords) == _native(
-        case.id, orthanc.dicom_port, orthanc.aet, id(m)
-    )
+    assert rows(got.identifiers, keywords) == native(case, orthanc)
     stack.emulator.assert_refused_nothing()
