@@ -58,7 +58,7 @@ def test_find_identical_to_orthanc_native(
     got = pynetdicom_find(
         stack.bridge.port, stack.bridge.ae_title, case.identifier_keys(m), model=case.model
     )
-    assert got.status == SUCCESS, (got.status, got.comment, stack.refused())
+    assert got.status == SUCCESS, f"{got.status:#06x} {got.comment}\n{stack.refused()}"
     assert got.statuses.count(PENDING) == case.count, stack.refused()
     assert rows(got.identifiers, keywords) == expected, stack.refused()
     assert_exact_keys(got.identifiers, keywords, case.level)

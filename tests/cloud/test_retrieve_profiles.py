@@ -1,0 +1,68 @@
+"""C-GET and C-MOVE at every level through the bridge under every server profile.
+
+The stacks of tests/cloud/stack.py in front of the session Orthanc (read only). The
+cases and checks are those of tests/integration/test_get.py and test_move.py: exactly the
+expected instances, each once, byte-identical to the files uploaded and to what Orthanc
+stores, pixel data included. And the profile's conformance emulator refused nothing: no
+study-level WADO-RS or root-level QIDO-RS for aws, only the Accept syntaxes each vendor
+serves, under the AWS request rate (issue 11, item 4).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cloud.stack import PROFILES, Stacks
+from tests.conftest import OrthancFixture
+from tests.integration.test_get import LEVEL_IDS, SUCCESS, assert_identical_to_originals
+from tests.integration.test_get import LEVELS as GET_LEVELS
+from tests.integration.test_get import c_get, identifier
+from tests.integration.test_get import target as get_target
+from tests.integration.test_move import LEVELS as MOVE_LEVELS
+from tests.integration.test_move import Destination, assert_identical_to_orthanc, c_move
+from tests.integration.test_move import target as move_target
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize(("model", "level"), GET_LEVELS, ids=LEVEL_IDS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_get_every_level(
+    profile: str, model: str, level: str, read_stacks: Stacks, orthanc: OrthancFixture
+) -> None:
+    stack = read_stacks(profile)
+    goal = get_target(orthanc.manifest, model, level)
+    outcome = c_get(stack.bridge, identifier(level, **goal.keys), model)
+    n = len(goal.expected)
+    assert outcome.status == SUCCESS, outcome.summary() + "\n" + stack.refused()
+    assert (outcome.completed, outcome.failed, outcome.warning) == (n, 0, 0), stack.refused()
+    assert sorted(outcome.received_uids) == sorted(e.SOPInstanceUID for e in goal.expected)
+    assert len(set(outcome.received_uids)) == n
+    assert_identical_to_originals(outcome, goal.expected)
+    stack.emulator.assert_refused_nothing()
+
+
+@pytest.mark.parametrize("level", MOVE_LEVELS)
+@pytest.mark.parametrize("profile", PROFILES)
+def test_move_every_level(
+    profile: str,
+    level: str,
+    read_stacks: Stacks,
+    orthanc: OrthancFixture,
+    cloud_pydest: Destination,
+) -> None:
+    stack = read_stacks(profile)
+    cloud_pydest.reset()
+    goal = move_target(orthanc.manifest, level)
+    outcome = c_move(
+        stack.bridge, identifier(level, **goal.keys), cloud_pydest.ae_title, goal.model
+    )
+    n = len(goal.expected)
+    assert outcome.status == SUCCESS, outcome.summary() + "\n" + stack.refused()
+    assert outcome.count("NumberOfCompletedSuboperations") == n, stack.refused()
+    assert outcome.count("NumberOfFailedSuboperations") == 0
+    assert len(cloud_pydest.stored) == n, "an instance arrived twice"
+    assert_identical_to_orthanc(
+        orthanc, {u: s.raw for u, s in cloud_pydest.by_uid().items()}, goal.expected
+    )
+    stack.emulator.assert_refused_nothing()
