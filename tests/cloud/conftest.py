@@ -13,9 +13,10 @@ from tests.conftest import OrthancFixture, _start_orthanc
 from tests.integration.test_move import Destination
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cloud_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancFixture]:
-    """A private Orthanc for the module (tests may add to it), with the standard data set."""
+    """An Orthanc of the cloud tests, with the standard data set, that they may add to
+    (each test deletes what it added; the session Orthanc stays untouched)."""
     fixture = _start_orthanc(tmp_path_factory.mktemp("orthanc-cloud"), with_dataset=True)
     try:
         yield fixture
@@ -68,6 +69,25 @@ def read_stacks(
         orthanc,
         tmp_path_factory.mktemp("cloud-read"),
         peers=[(cloud_pydest.ae_title, "127.0.0.1", cloud_pydest.port)],
+    )
+    try:
+        yield stacks
+    finally:
+        stacks.close()
+
+
+# Small pages, so that the standard data set pages: the paging cases need several.
+WRITE_PAGE_SIZE = 4
+
+
+@pytest.fixture(scope="session")
+def write_stacks(
+    cloud_orthanc: OrthancFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stacks]:
+    """One stack per profile in front of `cloud_orthanc`, for C-STORE and paging, with
+    ``page_size = WRITE_PAGE_SIZE``."""
+    stacks = Stacks(
+        cloud_orthanc, tmp_path_factory.mktemp("cloud-write"), page_size=WRITE_PAGE_SIZE
     )
     try:
         yield stacks

@@ -29,7 +29,8 @@ the vendor pages it was built from):
 
 Every request is recorded (``records()``, from FaultProxy) and every refusal too
 (``refusals()``), so a test can assert that the emulator refused nothing. FaultProxy
-rules still apply and take precedence over the emulation.
+rules still apply: an action (stall, truncate, reset, status) replaces the vendor's answer,
+a delay delays it.
 """
 
 from __future__ import annotations
@@ -213,8 +214,13 @@ class ConformanceEmulator(FaultProxy):
         state: _State,
     ) -> bool:
         path, _, query = req.target.partition("?")
-        if fault is not None or not path.startswith(self.root + "/"):
+        if fault is not None and fault.kind not in ("pass", "delay", "throttle"):
             return await super()._respond_inner(req, rec, fault, writer, state)
+        if not path.startswith(self.root + "/"):
+            return await super()._respond_inner(req, rec, fault, writer, state)
+        if fault is not None and fault.delay_s > 0:
+            # A delay rule delays the vendor's answer (throttles apply to pass-through only).
+            await asyncio.sleep(fault.delay_s)
         route = parse_route(req.method, unquote(path[len(self.root) :]))
         if route.kind == "search":
             return await self._search(req, rec, writer, state, route, query)

@@ -14,9 +14,14 @@ import pytest
 
 from tests.cloud.stack import PROFILES, Stacks
 from tests.conftest import OrthancFixture
-from tests.integration.test_get import LEVEL_IDS, SUCCESS, assert_identical_to_originals
+from tests.integration.test_get import (
+    LEVEL_IDS,
+    SUCCESS,
+    assert_identical_to_originals,
+    c_get,
+    identifier,
+)
 from tests.integration.test_get import LEVELS as GET_LEVELS
-from tests.integration.test_get import c_get, identifier
 from tests.integration.test_get import target as get_target
 from tests.integration.test_move import LEVELS as MOVE_LEVELS
 from tests.integration.test_move import Destination, assert_identical_to_orthanc, c_move
