@@ -6,11 +6,22 @@ expected instances, each once, byte-identical to the files uploaded and to what 
 stores, pixel data included. And the profile's conformance emulator refused nothing: no
 study-level WADO-RS or root-level QIDO-RS for aws, only the Accept syntaxes each vendor
 serves, under the AWS request rate (issue 11, item 4).
+
+Then the pixel check of test_move's explicit-only destination: compressed instances (RLE
+lossless, and JPEG 2000, which Orthanc cannot transcode) to a peer that accepts only
+Explicit VR LE arrive with the pixels of pydicom's decode of the original.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
 import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, RLELossless
 
 from tests.cloud.stack import PROFILES, Stacks
 from tests.conftest import OrthancFixture
@@ -20,6 +31,7 @@ from tests.integration.test_get import (
     assert_identical_to_originals,
     c_get,
     identifier,
+    storage,
 )
 from tests.integration.test_get import LEVELS as GET_LEVELS
 from tests.integration.test_get import target as get_target
@@ -70,4 +82,50 @@ def test_move_every_level(
     assert_identical_to_orthanc(
         orthanc, {u: s.raw for u, s in cloud_pydest.by_uid().items()}, goal.expected
     )
+    stack.emulator.assert_refused_nothing()
+
+
+COMPRESSED = (("SC_rgb_rle.dcm", RLELossless), ("JPEG2000.dcm", JPEG2000))
+
+
+@pytest.fixture(scope="module")
+def compressed(cloud_orthanc: OrthancFixture) -> Iterator[list[Path]]:
+    """The compressed pydicom test files, uploaded to the cloud Orthanc for the module."""
+    paths = []
+    for filename, syntax in COMPRESSED:
+        found = get_testdata_file(filename)
+        if found is None:
+            pytest.skip(f"pydicom test file {filename} is not available")
+        path = Path(found)
+        assert dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+        paths.append(path)
+    cloud_orthanc.server.upload_many(paths)
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            uid = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+            cloud_orthanc.server.delete_instance(uid)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_compressed_to_an_explicit_only_peer_keeps_the_pixels(
+    profile: str, write_stacks: Stacks, compressed: list[Path]
+) -> None:
+    stack = write_stacks(profile)
+    for path in compressed:
+        original = dcmread(path)
+        keys = {
+            "StudyInstanceUID": str(original.StudyInstanceUID),
+            "SeriesInstanceUID": str(original.SeriesInstanceUID),
+            "SOPInstanceUID": str(original.SOPInstanceUID),
+        }
+        contexts = storage([str(original.SOPClassUID)], [ExplicitVRLittleEndian])
+        outcome = c_get(stack.bridge, identifier("IMAGE", **keys), contexts=contexts)
+        assert outcome.status == SUCCESS, outcome.summary() + "\n" + stack.refused()
+        (item,) = outcome.received
+        assert item.transfer_syntax == ExplicitVRLittleEndian, path.name
+        received = item.dataset
+        assert received.SOPInstanceUID == original.SOPInstanceUID
+        assert np.array_equal(received.pixel_array, original.pixel_array), path.name
     stack.emulator.assert_refused_nothing()
