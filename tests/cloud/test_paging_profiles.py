@@ -88,6 +88,7 @@ def test_exactly_one_page(profile: str, write_stacks: Stacks, paging: PagingData
         assert asked[-1].status == 204, asked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", PROFILES)
 def test_row_inserted_between_pages(
     profile: str, write_stacks: Stacks, paging: PagingData, cloud_orthanc: OrthancFixture

@@ -15,6 +15,7 @@ Explicit VR LE arrive with the pixels of pydicom's decode of the original.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, RLELossless
 
 from tests.cloud.stack import PROFILES, Stacks
 from tests.conftest import OrthancFixture
+from tests.integration.dataset import make_ct_series, to_bytes
 from tests.integration.test_get import (
     LEVEL_IDS,
     SUCCESS,
@@ -108,6 +110,7 @@ def compressed(cloud_orthanc: OrthancFixture) -> Iterator[list[Path]]:
             cloud_orthanc.server.delete_instance(uid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", PROFILES)
 def test_compressed_to_an_explicit_only_peer_keeps_the_pixels(
     profile: str, write_stacks: Stacks, compressed: list[Path]
@@ -128,4 +131,41 @@ def test_compressed_to_an_explicit_only_peer_keeps_the_pixels(
         received = item.dataset
         assert received.SOPInstanceUID == original.SOPInstanceUID
         assert np.array_equal(received.pixel_array, original.pixel_array), path.name
+    stack.emulator.assert_refused_nothing()
+
+
+RATE_SERIES_SIZE = 150  # more than AWS's burst of 100 instance retrieves
+
+
+@pytest.fixture(scope="module")
+def many(cloud_orthanc: OrthancFixture) -> Iterator[list[str]]:
+    """A series of RATE_SERIES_SIZE tiny CT instances in the cloud Orthanc (module)."""
+    datasets = make_ct_series(RATE_SERIES_SIZE, rows=4, columns=4, key="cloud-rate")
+    cloud_orthanc.server.upload_many(to_bytes(ds) for ds in datasets)
+    try:
+        yield [str(ds.SOPInstanceUID) for ds in datasets]
+    finally:
+        for ds in datasets:
+            cloud_orthanc.server.delete_instance(str(ds.SOPInstanceUID))
+
+
+@pytest.mark.slow
+def test_aws_instance_retrieves_stay_under_the_request_rate(
+    write_stacks: Stacks, cloud_orthanc: OrthancFixture, many: list[str]
+) -> None:
+    """An IMAGE-level C-GET naming 150 instances (AWS takes no UID lists, so one QIDO-RS
+    and one WADO-RS per instance, or one per series): all arrive, and the emulator's
+    50 per second, burst 100, token bucket answered no 429."""
+    stack = write_stacks("aws")
+    first = dcmread(BytesIO(cloud_orthanc.server.instance_file(many[0])), stop_before_pixels=True)
+    query = identifier(
+        "IMAGE",
+        StudyInstanceUID=str(first.StudyInstanceUID),
+        SeriesInstanceUID=str(first.SeriesInstanceUID),
+        SOPInstanceUID="\\".join(many),
+    )
+    outcome = c_get(stack.bridge, query, contexts=storage([str(first.SOPClassUID)]))
+    assert outcome.status == SUCCESS, outcome.summary() + "\n" + stack.refused()
+    assert sorted(outcome.received_uids) == sorted(many)
+    assert stack.emulator.refusals("rate") == []
     stack.emulator.assert_refused_nothing()
