@@ -238,3 +238,22 @@ def test_every_profile_has_a_vendor_model_with_its_pages() -> None:
     assert set(VENDORS) == {"generic", "orthanc", "google", "azure", "aws", "dcm4chee"}
     for vendor in VENDORS.values():
         assert vendor.pages and all(p.startswith("https://") for p in vendor.pages)
+
+
+def test_azure_returns_only_its_documented_attributes() -> None:
+    row = {
+        "0020000D": {"vr": "UI", "Value": ["1.2.3"]},  # StudyInstanceUID: default
+        "00080030": {"vr": "TM", "Value": ["101500"]},  # StudyTime: "other study tags"
+        "00080061": {"vr": "CS", "Value": ["CT", "MR"]},  # ModalitiesInStudy: not returned
+        "00201206": {"vr": "IS", "Value": [2]},  # NumberOfStudyRelatedSeries: not computed
+        "00201208": {"vr": "IS", "Value": [5]},  # NumberOfStudyRelatedInstances: computed
+    }
+    page = shape_search(AZURE, STUDIES, [], [row])
+    assert set((page.rows or [{}])[0]) == {"0020000D", "00080030", "00201208"}
+    # ...except that a matched attribute comes back.
+    matched = shape_search(AZURE, STUDIES, [("ModalitiesInStudy", "CT")], [row])
+    assert "00080061" in (matched.rows or [{}])[0]
+    # Root series rows carry the study attributes too.
+    series_row = {**row, "0020000E": {"vr": "UI", "Value": ["1.2.3.4"]}}
+    series = shape_search(AZURE, Route("search", "series"), [], [series_row])
+    assert {"0020000D", "0020000E", "00080030"} <= set((series.rows or [{}])[0])

@@ -183,6 +183,10 @@ class Vendor:
     # Whether the vendor computes the paging itself (else Orthanc's answer passes as is).
     pages_itself: bool = False
     related_counts: bool = True
+    # Attributes an answer row can carry at each level (keywords), beyond the match keys;
+    # None: whatever Orthanc returns. Root series rows also carry study attributes, root
+    # instance rows study and series ones, study-instance rows series ones.
+    returned_keys: Mapping[str, frozenset[str]] | None = None
     warning_header: bool = True
     # WADO-RS
     study_retrieve: bool = True
@@ -296,6 +300,72 @@ GOOGLE = Vendor(
     duplicates="google",
 )
 
+# Azure v2 "Search response": default and "other" tags per level, and the two counts it
+# computes ("aggregated attribute ... supported in includeField").
+_AZURE_RETURNED = {
+    "studies": frozenset(
+        {
+            "StudyDate",
+            "AccessionNumber",
+            "StudyDescription",
+            "ReferringPhysicianName",
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "StudyInstanceUID",
+            "SpecificCharacterSet",
+            "StudyTime",
+            "InstanceAvailability",
+            "TimezoneOffsetFromUTC",
+            "AnatomicRegionsInStudyCodeSequence",
+            "ProcedureCodeSequence",
+            "NameOfPhysiciansReadingStudy",
+            "AdmittingDiagnosesDescription",
+            "ReferencedStudySequence",
+            "PatientAge",
+            "PatientSize",
+            "PatientWeight",
+            "Occupation",
+            "AdditionalPatientHistory",
+            "PatientSex",
+            "StudyID",
+            "NumberOfStudyRelatedInstances",
+        }
+    ),
+    "series": frozenset(
+        {
+            "Modality",
+            "ManufacturerModelName",
+            "SeriesInstanceUID",
+            "PerformedProcedureStepStartDate",
+            "SpecificCharacterSet",
+            "TimezoneOffsetFromUTC",
+            "SeriesNumber",
+            "Laterality",
+            "SeriesDate",
+            "SeriesTime",
+            "SeriesDescription",
+            "PerformedProcedureStepStartTime",
+            "RequestAttributesSequence",
+            "NumberOfSeriesRelatedInstances",
+        }
+    ),
+    "instances": frozenset(
+        {
+            "SOPInstanceUID",
+            "SpecificCharacterSet",
+            "SOPClassUID",
+            "InstanceAvailability",
+            "TimezoneOffsetFromUTC",
+            "InstanceNumber",
+            "Rows",
+            "Columns",
+            "BitsAllocated",
+            "NumberOfFrames",
+        }
+    ),
+}
+
 AZURE = Vendor(
     name="azure",
     pages=(
@@ -327,6 +397,7 @@ AZURE = Vendor(
     fuzzy_keys=frozenset({"PatientName", "ReferringPhysicianName"}),
     max_limit={"studies": 200, "series": 200, "instances": 200},
     default_limit=100,
+    returned_keys=_AZURE_RETURNED,
     empty_is_204=True,
     order={"studies": "newest", "series": "newest", "instances": "newest"},
     pages_itself=True,
@@ -511,6 +582,39 @@ def pn_text(element: Mapping[str, Any] | None) -> str:
     return str(first)
 
 
+def _returned_tags(
+    returned: Mapping[str, frozenset[str]], route: Route, params: Sequence[tuple[str, str]]
+) -> frozenset[str]:
+    """The tags (ggggeeee) a row of `route` may carry: the level's returned attributes, the
+    higher levels' for root and study-level searches, and every matched attribute."""
+    levels = {
+        "studies": ("studies",),
+        "series": ("studies", "series"),
+        "study-series": ("series",),
+        "instances": ("studies", "series", "instances"),
+        "study-instances": ("series", "instances"),
+        "series-instances": ("instances",),
+    }[route.resource]
+    keywords: set[str] = set()
+    for level in levels:
+        keywords |= returned.get(level, frozenset())
+    for name, _ in params:
+        keyword = keyword_of(name) if name not in _CONTROL else None
+        if keyword is not None:
+            keywords.add(keyword)
+    # The UIDs of the resource URL come back too.
+    keywords |= {"StudyInstanceUID", "SeriesInstanceUID"} & {
+        k
+        for k, present in (
+            ("StudyInstanceUID", route.study_uid),
+            ("SeriesInstanceUID", route.series_uid),
+        )
+        if present
+    }
+    tags = {f"{tag_for_keyword(k):08X}" for k in keywords if tag_for_keyword(k) is not None}
+    return frozenset(tags)
+
+
 def _first(row: Mapping[str, Any], tag: str) -> str:
     values = (row.get(tag) or {}).get("Value") or [""]
     return str(values[0])
@@ -557,6 +661,9 @@ def shape_search(
         rows = rows[: v.max_records]
     if not v.related_counts:
         rows = [{k: val for k, val in r.items() if k not in COUNT_TAGS} for r in rows]
+    if v.returned_keys is not None:
+        kept = _returned_tags(v.returned_keys, route, params)
+        rows = [{k: val for k, val in r.items() if k in kept} for r in rows]
     total = len(rows)
     values = dict(params)
     offset = _int(values.get("offset", "0")) or 0
