@@ -6,7 +6,9 @@
     ├── ConfigError                 invalid configuration (file, key, what was expected)
     ├── ListenError                 a listener (DIMSE, DICOM TLS, ops) cannot bind
     ├── TranslationError            an identifier the bridge cannot translate
-    │   └── InvalidIdentifier       missing/invalid level, keys that do not fit the level
+    │   ├── InvalidIdentifier       missing/invalid level, keys that do not fit the level
+    │   └── QueryTooBroad           what the server can match leaves too many rows to
+    │                               filter locally, or it cannot be asked at all
     └── DicomwebError               anything that went wrong talking to the DICOMweb server
         ├── DicomwebUnavailable     connection refused, DNS failure, reset before an answer
         │   └── DicomwebCircuitOpen the server was unreachable for several requests in a
@@ -14,6 +16,7 @@
         ├── DicomwebTLSError        the TLS handshake failed (certificate not trusted, ...)
         ├── DicomwebTimeout         no answer within the configured timeout
         ├── DicomwebHTTPError       the server answered with a 4xx/5xx status
+        ├── DicomwebPagingLimit     the server cannot page further (offset or record cap)
         └── DicomwebProtocolError   the answer is not what DICOMweb promises (bad JSON, multipart)
 
 ``dicomweb/client.py`` is the only module that turns ``httpx`` exceptions into these.
@@ -51,6 +54,12 @@ class TranslationError(BridgeError):
 
 class InvalidIdentifier(TranslationError):
     """The request identifier is malformed or does not fit the query level / model."""
+
+
+class QueryTooBroad(TranslationError):
+    """The server cannot match part of a query and the rest matches too many rows to be
+    filtered locally within ``dicomweb.max_results`` (or cannot be asked at all); the
+    message names a key to add (C-FIND/C-GET/C-MOVE answer 0xA700)."""
 
 
 class DicomwebError(BridgeError):
@@ -122,3 +131,8 @@ class DicomwebProtocolError(DicomwebError):
     # True when the answer was cut short (broken framing, truncated body), which a retry
     # may cure; False when what arrived whole is wrong, which a retry would repeat.
     transient: bool = False
+
+
+class DicomwebPagingLimit(DicomwebError):
+    """The server cannot page further: the next page lies past its largest offset, or past
+    the most records it ever lists (AWS HealthImaging: 10,000). Never a silent end."""

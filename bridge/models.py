@@ -45,6 +45,9 @@ class QidoQuery:
     series_uid: str | None = None
     match: tuple[tuple[str, str], ...] = ()
     includefield: tuple[str, ...] = ()
+    # fuzzymatching=true (PS3.18 8.3.4.2): only sent to servers whose person-name fuzzy
+    # match is a superset of what the bridge then matches locally (bridge/translate/plan.py).
+    fuzzymatching: bool = False
 
     def path(self) -> str:
         """The resource path relative to the DICOMweb base URL, e.g. ``/studies/1.2/series``."""

@@ -86,7 +86,13 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
     # Orthanc 1.10 with its DICOMweb plugin: conformant for everything the bridge sends.
     "orthanc": GENERIC,
     # https://cloud.google.com/healthcare-api/docs/dicom (DICOM conformance statement,
-    # "Search transaction").
+    # "Search transaction"): the search keys per resource below; exact single-valued
+    # matching except StudyDate ranges and fuzzymatching=true on PatientName; limit up
+    # to 5,000 (studies, series; 50,000 for instances: the smaller one is kept), offset
+    # up to 1,000,000; no Warning header; the NumberOf*Related* counts are not listed
+    # among the returned attributes (computed by the bridge). (The copies of that page
+    # at hand when this was written end before its Search section: these values are the
+    # ones issue 11 quotes from it, not re-checked.)
     "google": Capabilities(
         study_search_keys=frozenset(
             {
@@ -133,6 +139,14 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         related_counts=False,
     ),
     # https://learn.microsoft.com/azure/healthcare-apis/dicom/dicom-services-conformance-statement-v2
+    # ("Search (QIDO-RS)"): the searchable-attributes table (root resources; below a
+    # parent, e.g. /studies/{study}/series, only the resource's own level: the planner
+    # applies that rule to any server that lists its keys); matching is exact, range on
+    # StudyDate/PatientBirthDate, fuzzy on PN; no UID or value lists; no empty-value
+    # search; limit 1..200; an offset past the end is 204; newest first (pages may repeat
+    # rows). includefield takes public and private tags. Only NumberOfStudyRelated-
+    # Instances and NumberOfSeriesRelatedInstances exist (as includefield), so the
+    # bridge computes the counts itself.
     "azure": Capabilities(
         study_search_keys=frozenset(
             {
@@ -183,17 +197,22 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
             }
         ),
         wildcards=False,
-        uid_lists=True,
+        uid_lists=False,
         value_lists=False,
         ranges=True,
         empty_values=False,
         fuzzy_matching=True,
         max_limit=200,
+        related_counts=False,
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG2000_LOSSLESS}),
         stow_implicit_vr=False,
     ),
-    # https://docs.aws.amazon.com/healthimaging/latest/devguide/dicomweb-search.html and
-    # dicomweb-retrieve.html
+    # https://docs.aws.amazon.com/healthimaging/latest/devguide/dicomweb-search.html
+    # (hierarchical resources only; at most 10,000 records; studies newest first; only
+    # primary image sets), dicomweb-search-studies.html (the 8 study elements),
+    # dicomweb-search-series.html (Modality, SeriesInstanceUID; needs the study UID),
+    # dicomweb-search-instances.html (needs study and series UIDs; SOPInstanceUID is the
+    # one instance key relied on) and dicomweb-retrieve.html.
     "aws": Capabilities(
         study_search_keys=frozenset(
             {
@@ -207,18 +226,24 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
                 "StudyID",
             }
         ),
+        series_search_keys=frozenset({"Modality", "SeriesInstanceUID"}),
+        instance_search_keys=frozenset({"SOPInstanceUID"}),
         wildcards=False,
         uid_lists=False,
         value_lists=False,
         hierarchical_only=True,
         max_records=10_000,
+        # The search pages list no NumberOf*Related* among the returned elements: the
+        # bridge counts (always correct, a few more searches).
+        related_counts=False,
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE}),
         study_retrieve=False,
         wado_rate=50.0,
         wado_burst=100,
     ),
-    # https://github.com/dcm4che/dcm4chee-arc-light/wiki (QIDO-RS): no fuzzymatching,
-    # full paging.
+    # https://github.com/dcm4che/dcm4chee-arc-light/wiki (QIDO-RS): PS3.18 matching
+    # (wildcards, UID lists, ranges), PN matching case-insensitive, full limit/offset
+    # paging; fuzzymatching is not offered (fuzzy_matching stays off).
     "dcm4chee": GENERIC,
 }
 

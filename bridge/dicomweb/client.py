@@ -38,12 +38,14 @@ from bridge.dicomweb.stow import parse_stow_response, part10_body
 from bridge.errors import (
     DicomwebError,
     DicomwebHTTPError,
+    DicomwebPagingLimit,
     DicomwebProtocolError,
     DicomwebTimeout,
     DicomwebTLSError,
     DicomwebUnavailable,
 )
-from bridge.models import InstanceRef, QidoPage, QidoQuery, StowResult
+from bridge.models import InstanceRef, QidoPage, QidoQuery, QidoResource, StowResult
+from bridge.profiles import GENERIC, Capabilities
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ def build_qido_url(
     """The full QIDO-RS URL of one page of `query`; parameters in a deterministic order."""
     params: list[tuple[str, str]] = list(query.match)
     params += [("includefield", name) for name in query.includefield]
+    if query.fuzzymatching:
+        params.append(("fuzzymatching", "true"))
     if limit is not None:
         params.append(("limit", str(limit)))
     if offset:
@@ -195,29 +199,84 @@ _NO_RETRY = RetryPolicy(max_retries=0)
 
 
 def is_last_page(page: QidoPage, page_size: int) -> bool:
-    """Whether paging stops after `page`: it came back short and the server hinted no more."""
+    """Whether paging stops after `page`: it came back empty (or 204), or short without a
+    Warning that more exist. A full page always asks for the next: servers that send no
+    Warning header (Google) are paged to the end all the same."""
     return not page.results or (len(page.results) < page_size and not page.more_hinted)
+
+
+# The attribute that identifies each row of a QIDO-RS resource, for de-duplication.
+_ROW_UID = {
+    QidoResource.STUDIES: "0020000D",
+    QidoResource.SERIES: "0020000E",
+    QidoResource.INSTANCES: "00080018",
+}
+
+
+def row_uid(result: dict[str, Any], resource: QidoResource) -> str | None:
+    """The UID of one QIDO-RS result row (its resource's unique key), if it has one."""
+    element = result.get(_ROW_UID[resource])
+    values = element.get("Value") if isinstance(element, dict) else None
+    return str(values[0]) if isinstance(values, list) and values else None
 
 
 class Pager:
     """The pages of one QIDO-RS search, limit/offset to the end, each fetched by ``next``
-    when the caller asks for it (so a C-FIND streams as pages arrive)."""
+    when the caller asks for it (so a C-FIND streams as pages arrive).
 
-    def __init__(self, client: DicomwebClient, query: QidoQuery, page_size: int) -> None:
+    Per server (its Capabilities): the page size is at most ``max_limit``; a row seen on
+    an earlier page is dropped (servers that list newest first repeat rows when data
+    arrives between pages); an offset past ``max_offset``, or rows past ``max_records``,
+    raise DicomwebPagingLimit instead of ending silently.
+    """
+
+    def __init__(
+        self,
+        client: DicomwebClient,
+        query: QidoQuery,
+        page_size: int,
+        capabilities: Capabilities = GENERIC,
+    ) -> None:
         self.client = client
         self.query = query
+        if capabilities.max_limit:
+            page_size = min(page_size, capabilities.max_limit)
         self.page_size = page_size
+        self.capabilities = capabilities
         self.offset = 0
         self.done = False
+        self.seen: set[str] = set()
 
     async def next(self) -> QidoPage | None:
         """The next page, or None after the last (see ``is_last_page``)."""
         if self.done:
             return None
-        page = await self.client.search(self.query, offset=self.offset, limit=self.page_size)
+        caps = self.capabilities
+        if self.offset and caps.max_offset and self.offset > caps.max_offset:
+            raise DicomwebPagingLimit(
+                f"server cannot page further (offset {caps.max_offset} max): narrow the query"
+            )
+        if self.offset and caps.max_records and self.offset >= caps.max_records:
+            raise DicomwebPagingLimit(
+                f"server cannot page further ({caps.max_records} records max): narrow the query"
+            )
+        limit = self.page_size
+        if caps.max_records:
+            limit = min(limit, caps.max_records - self.offset)
+        page = await self.client.search(self.query, offset=self.offset, limit=limit)
         self.offset += len(page.results)
-        self.done = is_last_page(page, self.page_size)
-        return page
+        self.done = is_last_page(page, limit)
+        fresh = []
+        for result in page.results:
+            uid = row_uid(result, self.query.resource)
+            if uid is not None:
+                if uid in self.seen:
+                    continue
+                self.seen.add(uid)
+            fresh.append(result)
+        if len(fresh) == len(page.results):
+            return page
+        return QidoPage(results=fresh, more_hinted=page.more_hinted)
 
 
 class DicomwebClient:
@@ -235,8 +294,11 @@ class DicomwebClient:
         raw: RawGetter | None = None,
         breaker: CircuitBreaker | None = None,
         page_size: int = DicomwebConfig.page_size,
+        capabilities: Capabilities = GENERIC,
     ) -> None:
         self.http = http
+        # What the server can do (bridge/profiles.py): paging limits here.
+        self.capabilities = capabilities
         # QIDO-RS limit of each page of search_pages.
         self.page_size = page_size
         # The lean GET for WADO-RS bulk data (bridge/dicomweb/rawget.py), when usable.
@@ -285,7 +347,7 @@ class DicomwebClient:
 
     def search_pages(self, query: QidoQuery) -> Pager:
         """Every page of a QIDO-RS search, one ``await pager.next()`` at a time."""
-        return Pager(self, query, self.page_size)
+        return Pager(self, query, self.page_size, self.capabilities)
 
     async def _search_once(self, url: str) -> QidoPage:
         LOGGER.debug("QIDO-RS %s", url)
@@ -534,6 +596,7 @@ def make_client(
         raw=raw,
         breaker=breaker,
         page_size=config.page_size,
+        capabilities=config.capabilities,
     )
 
 

@@ -27,6 +27,7 @@ from bridge.dimse import adapter, sop
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
 from bridge.models import QidoQuery, QidoResource
+from bridge.profiles import Capabilities
 from bridge.translate.status import (
     INVALID_ARGUMENT_VALUE,
     NO_SUCH_ACTION,
@@ -84,22 +85,85 @@ def handle_action(event: Event, ctx: BridgeContext) -> tuple[Dataset | int, Data
     return SUCCESS, None
 
 
+def needs_stored_index(caps: Capabilities) -> bool:
+    """Whether commitment on this server asks by study and series, so that the C-STORE
+    path must record where it stored each instance (bridge/dimse/stored.py)."""
+    return not _root_uid_lists(caps)
+
+
+def _root_uid_lists(caps: Capabilities) -> bool:
+    """Whether /instances?SOPInstanceUID=a,b,... exists on this server."""
+    keys = caps.instance_search_keys
+    return (
+        not caps.hierarchical_only
+        and caps.uid_lists
+        and (keys is None or "SOPInstanceUID" in keys)
+    )
+
+
 def present_instances(ctx: BridgeContext, uids: Iterable[str]) -> set[str]:
-    """The SOP Instance UIDs among `uids` the DICOMweb server holds (QIDO-RS UID lists)."""
+    """The SOP Instance UIDs among `uids` the DICOMweb server holds, asked only with
+    queries the server answers (its Capabilities).
+
+    * A server that takes UID lists at ``/instances``: SOP Instance UID lists, 50 a query.
+    * Otherwise each instance the bridge itself stored is looked up in its series
+      (``/studies/{study}/series/{series}/instances``, one query per series), with the
+      study and series UIDs the C-STORE path recorded (``ctx.stored``, bounded).
+    * An instance the bridge does not know the series of is asked at ``/instances`` one
+      UID at a time where the server has that resource; on a server with hierarchical
+      resources only (AWS HealthImaging) it cannot be found and is reported as failed
+      (not committed): safe, since the modality then keeps its copy (PS3.4 J.3.3).
+    """
     wanted = sorted(set(uids))
     found: set[str] = set()
-    for start in range(0, len(wanted), _UIDS_PER_QUERY):
-        chunk = wanted[start : start + _UIDS_PER_QUERY]
+    caps = ctx.dicomweb.capabilities
+    if _root_uid_lists(caps):
+        for start in range(0, len(wanted), _UIDS_PER_QUERY):
+            chunk = wanted[start : start + _UIDS_PER_QUERY]
+            found |= _listed(ctx, _by_uid(",".join(chunk)), set(chunk))
+        return found
+    by_series: dict[tuple[str, str], set[str]] = {}
+    unknown: list[str] = []
+    for uid in wanted:
+        where = ctx.stored.locate(uid)
+        if where is None:
+            unknown.append(uid)
+        else:
+            by_series.setdefault(where, set()).add(uid)
+    for (study_uid, series_uid), members in sorted(by_series.items()):
         query = QidoQuery(
-            resource=QidoResource.INSTANCES,
-            match=(("SOPInstanceUID", ",".join(chunk)),),
-            includefield=("00080018",),
+            resource=QidoResource.INSTANCES, study_uid=study_uid, series_uid=series_uid
         )
-        for page in ctx.search_pages(query):
-            for result in page.results:
-                element = result.get("00080018")
-                values = element.get("Value", []) if isinstance(element, dict) else []
-                found.update(str(v) for v in values if str(v) in chunk)
+        found |= _listed(ctx, query, members)
+    keys = caps.instance_search_keys
+    if not caps.hierarchical_only and (keys is None or "SOPInstanceUID" in keys):
+        for uid in unknown:
+            found |= _listed(ctx, _by_uid(uid), {uid})
+    elif unknown:
+        LOGGER.info(
+            "storage commitment: %d instance(s) not stored by the bridge cannot be searched "
+            "on this server (hierarchical QIDO-RS only): reported as failed",
+            len(unknown),
+        )
+    return found
+
+
+def _by_uid(uids: str) -> QidoQuery:
+    return QidoQuery(
+        resource=QidoResource.INSTANCES,
+        match=(("SOPInstanceUID", uids),),
+        includefield=("00080018",),
+    )
+
+
+def _listed(ctx: BridgeContext, query: QidoQuery, wanted: set[str]) -> set[str]:
+    """The UIDs among `wanted` that `query`'s results list."""
+    found: set[str] = set()
+    for page in ctx.search_pages(query):
+        for result in page.results:
+            element = result.get("00080018")
+            values = element.get("Value", []) if isinstance(element, dict) else []
+            found.update(str(v) for v in values if str(v) in wanted)
     return found
 
 

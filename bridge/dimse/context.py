@@ -9,6 +9,7 @@ from pynetdicom.events import Event
 
 from bridge.config import Config, DicomwebConfig
 from bridge.dicomweb.client import DicomwebClient
+from bridge.dimse.stored import StoredIndex
 from bridge.loop_thread import LoopThread
 from bridge.models import QidoPage, QidoQuery
 from bridge.ops.metrics import Metrics
@@ -32,6 +33,9 @@ class BridgeContext:
     # called AE title → (backend name, client, config) of the named backends
     routes: Mapping[str, tuple[str, DicomwebClient, DicomwebConfig]] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=Metrics)
+    # Study and series of each instance recently stored, for storage commitment on
+    # servers that search instances only hierarchically (bridge/dimse/stored.py).
+    stored: StoredIndex = field(default_factory=StoredIndex)
 
     def for_event(self, event: Event) -> BridgeContext:
         # The called AE title of the A-ASSOCIATE-RQ: pynetdicom's acceptor.ae_title is the

@@ -6,10 +6,12 @@ import logging
 from collections.abc import Iterator, Mapping
 
 from pydicom import Dataset
+from pydicom.datadict import keyword_for_tag
 from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
 from bridge.dimse.context import BridgeContext, CancelWatch
+from bridge.dimse.search import PlanRun, decode, series_count, study_counts
 from bridge.errors import (
     BridgeError,
     DicomwebCircuitOpen,
@@ -18,11 +20,12 @@ from bridge.errors import (
 )
 from bridge.loop_thread import Cancelled
 from bridge.models import InformationModel, QueryLevel
+from bridge.profiles import Capabilities
+from bridge.translate.plan import COUNT_KEYWORDS, SERIES_COUNTS, STUDY_COUNTS, plan_search
 from bridge.translate.query import (
     FindPlan,
     add_patient_counts,
     build_find_plan,
-    json_to_dataset,
     patient_identity,
     result_to_identifier,
 )
@@ -104,31 +107,32 @@ def handle_find(
 def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Iterator[Response]:
     ae_title = ctx.retrieve_ae_title
     max_results = ctx.dicomweb.max_results
+    caps = ctx.dicomweb.capabilities
+    # The searches this server can answer, and what the bridge matches itself.
+    searches = plan_search(plan.level, plan.query, caps, extra_checks=plan.checks)
+    LOGGER.debug("C-FIND plan %s", searches)
+    counts = _counts_to_compute(plan, caps)
     sent = 0
     patients: dict[tuple[str, str], list[Dataset]] = {}
     hold_patients = plan.level is QueryLevel.PATIENT and plan.needs_patient_counts
-    for page in ctx.search_pages(plan.query, cancelled):
-        for raw in page.results:
-            if cancelled():
-                yield CANCEL, None
-                return
-            try:
-                result = json_to_dataset(raw)
-            except Exception as exc:
-                raise DicomwebProtocolError(f"bad DICOM JSON in QIDO-RS answer: {exc}") from exc
-            if not plan.accepts(result):
+    for raw in PlanRun(searches, ctx, cancelled, budget=max_results).results():
+        if cancelled():
+            yield CANCEL, None
+            return
+        result = decode(raw)
+        if counts:
+            _add_counts(result, counts, ctx, cancelled)
+        if plan.level is QueryLevel.PATIENT:
+            identity = patient_identity(result)
+            seen = identity in patients
+            patients.setdefault(identity, []).append(result)
+            if seen or hold_patients:
                 continue
-            if plan.level is QueryLevel.PATIENT:
-                identity = patient_identity(result)
-                seen = identity in patients
-                patients.setdefault(identity, []).append(result)
-                if seen or hold_patients:
-                    continue
-            if max_results and sent >= max_results:
-                yield _too_many(max_results), None
-                return
-            yield PENDING, _encodable(result_to_identifier(result, plan, ae_title))
-            sent += 1
+        if max_results and sent >= max_results:
+            yield _too_many(max_results), None
+            return
+        yield PENDING, _encodable(result_to_identifier(result, plan, ae_title))
+        sent += 1
     if hold_patients:
         for studies in patients.values():
             if cancelled():
@@ -142,6 +146,38 @@ def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Itera
             yield PENDING, _encodable(result_to_identifier(patient, plan, ae_title))
             sent += 1
     LOGGER.info("C-FIND done: %d matches", sent)
+
+
+def _counts_to_compute(plan: FindPlan, caps: Capabilities) -> frozenset[str]:
+    """The NumberOf*Related* counts the C-FIND asks for that the server does not return
+    (``related_counts`` false): computed from hierarchical series/instance searches."""
+    if caps.related_counts:
+        return frozenset()
+    wanted = {keyword_for_tag(tag) for tag, _ in plan.keys} & COUNT_KEYWORDS
+    # A patient's series and instances are sums over its studies (add_patient_counts).
+    if "NumberOfPatientRelatedSeries" in wanted:
+        wanted.add("NumberOfStudyRelatedSeries")
+    if "NumberOfPatientRelatedInstances" in wanted:
+        wanted.add("NumberOfStudyRelatedInstances")
+    return frozenset(wanted)
+
+
+def _add_counts(
+    result: Dataset, counts: frozenset[str], ctx: BridgeContext, cancelled: CancelWatch
+) -> None:
+    study_uid = str(result.get("StudyInstanceUID", ""))
+    if not study_uid:
+        return
+    if counts & set(STUDY_COUNTS):
+        series, instances = study_counts(
+            ctx, study_uid, cancelled, instances="NumberOfStudyRelatedInstances" in counts
+        )
+        result.NumberOfStudyRelatedSeries = series
+        if "NumberOfStudyRelatedInstances" in counts:
+            result.NumberOfStudyRelatedInstances = instances
+    series_uid = str(result.get("SeriesInstanceUID", ""))
+    if counts & set(SERIES_COUNTS) and series_uid:
+        result.NumberOfSeriesRelatedInstances = series_count(ctx, study_uid, series_uid, cancelled)
 
 
 def _encodable(response: Dataset) -> Dataset:

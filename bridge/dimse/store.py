@@ -16,6 +16,7 @@ from pydicom import Dataset
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
+from bridge.dimse.commitment import needs_stored_index
 from bridge.dimse.context import BridgeContext
 from bridge.errors import BridgeError
 from bridge.translate.status import (
@@ -48,6 +49,11 @@ def handle_store(event: Event, ctx: BridgeContext) -> Dataset:
         LOGGER.exception("C-STORE from %s: internal error", peer)
         return internal_error(exc)
     status = store_status(result)
+    if status.Status == SUCCESS and needs_stored_index(ctx.dicomweb.capabilities):
+        try:
+            ctx.stored.remember_file(sop_instance_uid, path)
+        except Exception as exc:  # only commitment needs it, and it fails safe without
+            LOGGER.warning("C-STORE: cannot read the study/series of %s: %s", path, exc)
     if status.Status == SUCCESS:
         LOGGER.info("C-STORE from %s: stored %d bytes via STOW-RS", peer, size)
         LOGGER.debug("C-STORE stored %s", sop_instance_uid)

@@ -19,11 +19,13 @@ from bridge.errors import (
     BridgeError,
     DicomwebError,
     DicomwebHTTPError,
+    DicomwebPagingLimit,
     DicomwebProtocolError,
     DicomwebTimeout,
     DicomwebTLSError,
     DicomwebUnavailable,
     InvalidIdentifier,
+    QueryTooBroad,
 )
 from bridge.models import StowResult
 
@@ -108,6 +110,9 @@ def find_failure(error: BridgeError) -> Dataset:
     """The C-FIND failure status for an error raised while answering a query."""
     if isinstance(error, InvalidIdentifier):
         return status_dataset(IDENTIFIER_MISMATCH, str(error))
+    if isinstance(error, QueryTooBroad | DicomwebPagingLimit):
+        # The server answers, but not all of this query: a narrower one will work.
+        return status_dataset(OUT_OF_RESOURCES, str(error))
     if isinstance(error, DicomwebError):
         if error.busy:
             return status_dataset(OUT_OF_RESOURCES, describe(error))

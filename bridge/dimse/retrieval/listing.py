@@ -12,6 +12,7 @@ from pynetdicom.events import Event
 
 from bridge.dimse.context import BridgeContext
 from bridge.dimse.find import decode_identifier
+from bridge.dimse.search import PlanRun
 from bridge.errors import (
     BridgeError,
     DicomwebCircuitOpen,
@@ -19,8 +20,9 @@ from bridge.errors import (
     InvalidIdentifier,
 )
 from bridge.loop_thread import Cancelled
-from bridge.models import InformationModel, InstanceRef
+from bridge.models import InformationModel, InstanceRef, QueryLevel
 from bridge.translate.frames import FrameError
+from bridge.translate.plan import plan_search
 from bridge.translate.retrieve import (
     RetrievePlan,
     build_retrieve_plan,
@@ -41,14 +43,23 @@ LOGGER = logging.getLogger(__name__)
 def list_instances(
     plan: RetrievePlan, ctx: BridgeContext, cancelled: Callable[[], bool]
 ) -> list[InstanceRef]:
-    """Every instance the plan matches, paged to the end, in sending order."""
+    """Every instance the plan matches, paged to the end, in sending order.
+
+    The instance search is fitted to the server (bridge/translate/plan.py): a UID list it
+    cannot take is fanned out, and a server with hierarchical resources only is walked
+    study → series → instances. Counts (NumberOf*Related*) are never relied on.
+    """
+    searches = plan_search(QueryLevel.IMAGE, plan.query, ctx.dicomweb.capabilities)
+    LOGGER.debug("retrieve plan %s", searches)
+    # Only keys matched locally make the listing read rows it then drops; a walk reads
+    # the study's series first, which a large study retrieve must be allowed to do.
+    budget = ctx.dicomweb.max_results if searches.filtered else 0
     refs: dict[str, InstanceRef] = {}
-    for page in ctx.search_pages(plan.query, cancelled):
-        for result in page.results:
-            ref = instance_ref(result)
-            if ref is None:
-                raise DicomwebProtocolError("QIDO-RS instance result without its UIDs")
-            refs.setdefault(ref.sop_instance_uid, ref)
+    for result in PlanRun(searches, ctx, cancelled, budget=budget).results():
+        ref = instance_ref(result)
+        if ref is None:
+            raise DicomwebProtocolError("QIDO-RS instance result without its UIDs")
+        refs.setdefault(ref.sop_instance_uid, ref)
     return sort_instances(refs.values())
 
 
