@@ -9,6 +9,7 @@
     │   ├── InvalidIdentifier       missing/invalid level, keys that do not fit the level
     │   └── QueryTooBroad           what the server can match leaves too many rows to
     │                               filter locally, or it cannot be asked at all
+    │   └── ReencodeError           a data set that cannot be re-encoded for the server
     └── DicomwebError               anything that went wrong talking to the DICOMweb server
         ├── DicomwebUnavailable     connection refused, DNS failure, reset before an answer
         │   └── DicomwebCircuitOpen the server was unreachable for several requests in a
@@ -60,6 +61,10 @@ class QueryTooBroad(TranslationError):
     """The server cannot match part of a query and the rest matches too many rows to be
     filtered locally within ``dicomweb.max_results`` (or cannot be asked at all); the
     message names a key to add (C-FIND/C-GET/C-MOVE answer 0xA700)."""
+
+
+class ReencodeError(TranslationError):
+    """A data set cannot be re-encoded as the DICOMweb server needs it (explicit VR)."""
 
 
 class DicomwebError(BridgeError):

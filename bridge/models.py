@@ -82,6 +82,25 @@ class QidoPage:
     more_hinted: bool = False
 
 
+class StowVerdict(enum.Enum):
+    """What a STOW-RS answer means for one instance: the DICOMweb side decides it
+    (``bridge/dicomweb/outcomes.py``: ``stow_verdict``, one table for every server), the
+    C-STORE status follows from it alone (``bridge/translate/status.py``)."""
+
+    STORED = "stored"  # listed in ReferencedSOPSequence, no warning
+    STORED_WITH_WARNING = "stored_with_warning"  # listed, with a Warning Reason or a 202
+    # The server already holds an instance with this SOP Instance UID and kept its own.
+    DUPLICATE = "duplicate"
+    # Stored where queries do not find it (AWS HealthImaging: a non-primary image set).
+    NOT_VISIBLE = "not_visible"
+    MISMATCH = "mismatch"  # the data set does not match its SOP class (or the study)
+    SOP_CLASS_NOT_SUPPORTED = "sop_class_not_supported"
+    BUSY = "busy"  # out of resources, overloaded or failing: may work later
+    REFUSED = "refused"  # the server refused the bridge's credentials
+    NOT_LISTED = "not_listed"  # a 2xx that does not list the instance
+    REJECTED = "rejected"  # any other refusal
+
+
 @dataclass(frozen=True)
 class StowResult:
     """What a STOW-RS answer said about one instance."""
@@ -101,3 +120,7 @@ class StowResult:
     conflict: bool = False
     busy: bool = False
     credentials_refused: bool = False
+    # The meaning of it all (the one verdict the C-STORE status is made from), and the
+    # server's own words about a failure (e.g. Google's "already exists" FailureDetail).
+    verdict: StowVerdict = StowVerdict.REJECTED
+    detail: str = ""

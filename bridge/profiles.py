@@ -31,6 +31,8 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
 HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
 HTJ2K_LOSSLESS_RPCL = "1.2.840.10008.1.2.4.202"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG2000 = "1.2.840.10008.1.2.4.91"
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class Capabilities:
     study_retrieve: bool = True
     # STOW-RS takes Implicit VR Little Endian data sets.
     stow_implicit_vr: bool = True
+    # STOW-RS may answer "stored" for an instance that queries then do not show (AWS
+    # files conflicting data in a non-primary image set): check with QIDO-RS after each
+    # store, and answer the C-STORE with a warning when the instance is not visible.
+    stow_verify: bool = False
     # WADO-RS requests per second to this server, all associations together (0 = no
     # limit), and the burst allowed above it.
     wado_rate: float = 0.0
@@ -137,6 +143,13 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         max_limit=5000,
         max_offset=1_000_000,
         related_counts=False,
+        # Same page, "Retrieve transaction": Accept transfer-syntax=*, 1.2.840.10008.1.2.1
+        # (the default), .4.50, .4.90 and .4.91. A duplicate STOW-RS with other content is
+        # a 409 whose FailureReason is 272 with an "already exists" FailureDetail
+        # (github.com/GoogleCloudPlatform/nodejs-docs-samples/issues/3502,
+        # github.com/dcmjs-org/dcmjs/issues/249); an identical one is a 200
+        # (healthcare-dicom-dicomweb-adapter, BackupUploadService.java).
+        retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG_BASELINE, JPEG2000_LOSSLESS, JPEG2000}),
     ),
     # https://learn.microsoft.com/azure/healthcare-apis/dicom/dicom-services-conformance-statement-v2
     # ("Search (QIDO-RS)"): the searchable-attributes table (root resources; below a
@@ -204,7 +217,12 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         fuzzy_matching=True,
         max_limit=200,
         related_counts=False,
+        # Same page, "Retrieve (WADO-RS)": Accept transfer-syntax=*, 1.2.840.10008.1.2.1 or
+        # 1.2.840.10008.1.2.4.90; "An unsupported transfer-syntax results in 406".
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG2000_LOSSLESS}),
+        # "Store (STOW-RS)": "Only transfer syntaxes with explicit Value Representations are
+        # accepted"; failure reason 45070 = already stored, 45071 = being created by
+        # another process; 202 = some stored, others failed or warned.
         stow_implicit_vr=False,
     ),
     # https://docs.aws.amazon.com/healthimaging/latest/devguide/dicomweb-search.html
@@ -236,10 +254,18 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         # The search pages list no NumberOf*Related* among the returned elements: the
         # bridge counts (always correct, a few more searches).
         related_counts=False,
+        # dicomweb-retrieve-instance.html: "in either its stored transfer syntax or as
+        # uncompressed (ELE) format"; series and instance resources only.
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE}),
         study_retrieve=False,
+        # throttling-limits.html: GetDICOMInstance, GetDICOMInstanceMetadata,
+        # GetDICOMInstanceFrames, GetDICOMSeriesMetadata 50 tps, burst 100.
         wado_rate=50.0,
         wado_burst=100,
+        # dicomweb-storing.html: StoreDICOM is synchronous, up to 1 GB per request; data
+        # whose metadata conflicts with a primary image set goes to a non-primary one,
+        # which QIDO-RS and WADO-RS (without imageSetId) do not show.
+        stow_verify=True,
     ),
     # https://github.com/dcm4che/dcm4chee-arc-light/wiki (QIDO-RS): PS3.18 matching
     # (wildcards, UID lists, ranges), PN matching case-insensitive, full limit/offset

@@ -52,6 +52,7 @@ from bridge.errors import (
     DicomwebTLSError,
     DicomwebUnavailable,
 )
+from bridge.models import StowVerdict
 
 
 class Outcome(Enum):
@@ -148,3 +149,97 @@ def fetch_as_stored_instead(error: DicomwebError) -> bool:
     """Whether a WADO-RS request for a transfer syntax that failed with `error` should be
     asked again for the instance as stored (``transfer-syntax=*``)."""
     return classify(error).as_stored
+
+
+# --- STOW-RS answers ----------------------------------------------------------------
+#
+# What each server answers about one instance, and the verdict it means (the C-STORE
+# status of each verdict is in bridge/translate/status.py). Most specific first:
+#
+#   answer about the instance                              verdict
+#   listed in ReferencedSOPSequence, 200, no warning       STORED
+#   listed, with a Warning Reason or in a 202 answer       STORED_WITH_WARNING
+#     (Azure 202 "some stored, others failed or warned"; its Warning Reason 45063
+#     is 0xB007, "data set does not match SOP class"; 1 = validation warnings)
+#   Failure Reason 0x0111 (Duplicate SOP Instance)          DUPLICATE
+#   Failure Reason 45070 (Azure: already stored)            DUPLICATE
+#   Failure Reason 272 + "already exists" (Google, 409:     DUPLICATE
+#     same UIDs, other content; the same content is a 200)
+#   HTTP 409 without a Failure Reason                      DUPLICATE
+#   Failure Reason 45071 (Azure: being created by another  BUSY
+#     process, or a failed attempt not yet cleaned up)
+#   Failure Reason 0xA700-0xA7FF (out of resources)         BUSY
+#   Failure Reason 0xA900-0xA9FF (Azure 43264 validation,   MISMATCH
+#     43265 study UID mismatch)
+#   Failure Reason 0x0122 (SOP class not supported)         SOP_CLASS_NOT_SUPPORTED
+#   HTTP busy (429, 5xx: the outcome table above)          BUSY
+#   HTTP 401, 403                                          REFUSED
+#   any other 2xx                                          NOT_LISTED
+#   anything else                                          REJECTED
+#   listed, but queries cannot find it (aws: a non-primary  NOT_VISIBLE
+#     image set; found by the client's check after a store)
+#
+# Sources: Azure, learn.microsoft.com/azure/healthcare-apis/dicom/dicom-services-
+# conformance-statement-v2 ("Store failure reason codes", "Store warning reason codes",
+# "Store response status codes"); Google, github.com/dcmjs-org/dcmjs/issues/249 (409 with
+# FailureReason 272 and a GOOGLE FailureDetail) and github.com/GoogleCloudPlatform/
+# nodejs-docs-samples/issues/3502 ("An instance already exists in this DICOM Store with the
+# same Study/Series/SOPInstance UID, but the DICOM files differ"); AWS,
+# docs.aws.amazon.com/healthimaging/latest/devguide/dicomweb-storing.html.
+
+REASON_AZURE_ALREADY_STORED = 45070
+REASON_AZURE_BEING_CREATED = 45071
+REASON_PROCESSING_FAILURE = 0x0110  # 272
+REASON_DUPLICATE_SOP_INSTANCE = 0x0111
+REASON_SOP_CLASS_NOT_SUPPORTED = 0x0122
+_FAILURE_REASONS: dict[int, StowVerdict] = {
+    REASON_DUPLICATE_SOP_INSTANCE: StowVerdict.DUPLICATE,
+    REASON_AZURE_ALREADY_STORED: StowVerdict.DUPLICATE,
+    REASON_AZURE_BEING_CREATED: StowVerdict.BUSY,
+    REASON_SOP_CLASS_NOT_SUPPORTED: StowVerdict.SOP_CLASS_NOT_SUPPORTED,
+}
+# Failure Reason ranges (PS3.4 B.2.3 statuses reused by PS3.18 Table 10.5.3-3).
+_FAILURE_RANGES: tuple[tuple[int, int, StowVerdict], ...] = (
+    (0xA700, 0xA7FF, StowVerdict.BUSY),
+    (0xA900, 0xA9FF, StowVerdict.MISMATCH),
+)
+_ALREADY_EXISTS = "already exists"
+
+
+def stow_verdict(
+    status_code: int,
+    *,
+    listed: bool,
+    failed: bool,
+    failure_reason: int | None,
+    warning_reason: int | None,
+    detail: str = "",
+) -> StowVerdict:
+    """The verdict of a STOW-RS answer on one instance (the table above). `listed`: in
+    ReferencedSOPSequence; `failed`: in
+    FailedSOPSequence; `detail`: the failure's text, if any."""
+    success = 200 <= status_code < 300
+    if success and listed and not failed:
+        if warning_reason is not None or status_code == 202:
+            return StowVerdict.STORED_WITH_WARNING
+        return StowVerdict.STORED
+    if failure_reason is not None:
+        if failure_reason == REASON_PROCESSING_FAILURE and _ALREADY_EXISTS in detail.lower():
+            return StowVerdict.DUPLICATE
+        verdict = _FAILURE_REASONS.get(failure_reason)
+        if verdict is not None:
+            return verdict
+        for low, high, ranged in _FAILURE_RANGES:
+            if low <= failure_reason <= high:
+                return ranged
+    if status_code == 409 and failure_reason is None:
+        return StowVerdict.DUPLICATE
+    if status_code >= 400:
+        row = http_row(status_code)
+        if row.busy:
+            return StowVerdict.BUSY
+        if row.refused:
+            return StowVerdict.REFUSED
+    if success:
+        return StowVerdict.NOT_LISTED
+    return StowVerdict.REJECTED

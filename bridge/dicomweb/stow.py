@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from pydicom.uid import ImplicitVRLittleEndian
 
+from bridge.dicomweb.explicit_vr import implicit_to_explicit, transfer_syntax_of
 from bridge.dicomweb.multipart import MultipartEncoder
-from bridge.dicomweb.outcomes import http_row
+from bridge.dicomweb.outcomes import http_row, stow_verdict
 from bridge.models import StowResult
 
 PART10 = "application/dicom"
 
 _CHUNK = 256 * 1024
+# Enough of a file to hold its File Meta Information (a few hundred bytes in practice).
+_META_PEEK = 64 * 1024
 # PS3.18 Table 10.5.3-2 attributes of the Store Instances Response Module.
 _FAILED_SOP_SEQUENCE = "00081198"
 _REFERENCED_SOP_SEQUENCE = "00081199"
@@ -32,13 +36,36 @@ _WARNING_REASON = "00081196"
 IN_MEMORY_LIMIT = 16 * 1024 * 1024
 
 
-def part10_body(path: Path, encoder: MultipartEncoder) -> bytes | AsyncIterator[bytes]:
+def part10_body(
+    path: Path, encoder: MultipartEncoder, *, explicit_vr_only: bool = False
+) -> bytes | AsyncIterator[bytes]:
     """The STOW-RS request body for one Part 10 file (`encoder.content_type` is its
-    Content-Type): bytes when small, else a stream."""
+    Content-Type): bytes when small, else a stream. With `explicit_vr_only` (a server
+    whose STOW-RS refuses implicit VR: ``Capabilities.stow_implicit_vr`` false), an
+    Implicit VR Little Endian file is sent re-encoded as Explicit VR Little Endian,
+    losslessly (``stow_part10``)."""
     head = encoder.part(PART10)
+    if explicit_vr_only and _is_implicit_vr(path):
+        return head + stow_part10(path.read_bytes(), explicit_vr_only=True) + encoder.close()
     if path.stat().st_size > IN_MEMORY_LIMIT:
         return stream_part10(path, head, encoder.close())
     return head + path.read_bytes() + encoder.close()
+
+
+def stow_part10(data: bytes, *, explicit_vr_only: bool) -> bytes:
+    """One instance as STOW-RS should carry it: unchanged, or (`explicit_vr_only`, and
+    Implicit VR Little Endian) re-encoded as Explicit VR Little Endian with the same
+    elements and values (``explicit_vr.py``). For every STOW-RS sender: C-STORE and the
+    spool's uploads alike."""
+    if explicit_vr_only and transfer_syntax_of(data) == ImplicitVRLittleEndian:
+        return implicit_to_explicit(data)
+    return data
+
+
+def _is_implicit_vr(path: Path) -> bool:
+    with path.open("rb") as handle:
+        start = handle.read(_META_PEEK)
+    return transfer_syntax_of(start) == ImplicitVRLittleEndian
 
 
 async def stream_part10(path: Path, head: bytes, tail: bytes) -> AsyncIterator[bytes]:
@@ -98,10 +125,10 @@ def parse_stow_response(
     warning_reason = _uint(stored[0], _WARNING_REASON) if stored else None
     if warning_reason is None:
         warning_reason = _uint(parsed, _WARNING_REASON)
+    # Stored only when listed: a 2xx without a Store Instances Response naming the
+    # instance (PS3.18 10.5.3) proves nothing, and no C-STORE is acknowledged unproven.
     is_stored = 200 <= status_code < 300 and bool(stored) and not failed
-    if 200 <= status_code < 300 and not stored and not failed and not parsed:
-        # A 200 without a body: some servers answer that way; the status is the answer.
-        is_stored = status_code == 200
+    detail = _texts(failed[0]) if failed else ""
     return StowResult(
         status_code=status_code,
         stored=is_stored,
@@ -114,4 +141,29 @@ def parse_stow_response(
         conflict=status_code == 409,
         busy=status_code >= 400 and http_row(status_code).busy,
         credentials_refused=status_code >= 400 and http_row(status_code).refused,
+        verdict=stow_verdict(
+            status_code,
+            listed=is_stored,
+            failed=bool(failed),
+            failure_reason=failure_reason,
+            warning_reason=warning_reason,
+            detail=detail,
+        ),
+        detail=detail,
     )
+
+
+def _texts(item: Mapping[str, Any]) -> str:
+    """Every text value of a FailedSOPSequence item, nested ones too (a server's own
+    words about the failure: Google puts "already exists" in a private FailureDetail)."""
+    found: list[str] = []
+    for element in item.values():
+        if not isinstance(element, Mapping):
+            continue
+        vr = element.get("vr")
+        for value in element.get("Value") or []:
+            if vr in ("LO", "LT", "ST", "UT", "SH", "UC") and isinstance(value, str):
+                found.append(value)
+            elif vr == "SQ" and isinstance(value, Mapping):
+                found.append(_texts(value))
+    return " ".join(text for text in found if text)

@@ -27,7 +27,7 @@ from bridge.errors import (
     InvalidIdentifier,
     QueryTooBroad,
 )
-from bridge.models import StowResult
+from bridge.models import StowResult, StowVerdict
 
 SUCCESS = 0x0000
 PENDING = 0xFF00
@@ -162,48 +162,54 @@ def category(status: int) -> str:
 
 
 def store_status(result: StowResult) -> Dataset:
-    """The C-STORE status for what STOW-RS said about the instance.
+    """The C-STORE status for what STOW-RS said about the instance: its verdict
+    (``bridge/dicomweb/outcomes.py``, ``stow_verdict``: one table for every server) to a
+    status (``_STORE_STATUSES``), with an ErrorComment saying what the server answered.
 
     Success only when the server listed the instance as stored. An instance the server
-    already holds (HTTP 409 or Failure Reason 0x0111) is answered with warning 0xB000 and
-    a comment saying so: the data is on the server, and the modality should not resend.
+    already holds (a duplicate: Orthanc, dcm4chee and Google answer an identical re-send
+    as stored; Azure and Google refuse a second copy with other content) is answered with
+    warning 0xB000 and a comment saying so: the data is on the server, a warning counts
+    as stored at the modality (PS3.4 B.2.3), so it does not resend, and the comment says
+    that the server kept its own copy (README, "Duplicates"). An instance AWS filed into a
+    non-primary image set is stored but invisible to queries: warning 0xB000 too.
     """
     code = result.status_code
-    if result.stored:
-        warning = result.warning_reason
-        if warning is not None or result.accepted_with_warnings:
-            status = warning if warning in _STORE_WARNING_CODES else STORE_COERCION
-            detail = f"warning reason 0x{warning:04X}" if warning is not None else "HTTP 202"
-            return status_dataset(status, f"stored by the DICOMweb server with {detail}")
-        return status_dataset(SUCCESS)
+    verdict = result.verdict
     reason = result.failure_reason
     reason_text = f" (failure reason 0x{reason:04X})" if reason is not None else ""
-    if reason == DUPLICATE_SOP_INSTANCE or (result.conflict and reason is None):
-        return status_dataset(
-            STORE_COERCION, f"already present on the DICOMweb server (HTTP {code})"
-        )
-    if reason is not None and reason & 0xFF00 == IDENTIFIER_MISMATCH:
-        return status_dataset(
-            IDENTIFIER_MISMATCH,
-            f"server says the data set does not match its SOP class{reason_text}",
-        )
-    if reason == SOP_CLASS_NOT_SUPPORTED:
-        return status_dataset(
-            SOP_CLASS_NOT_SUPPORTED, "SOP class not supported by the server"
-        )
-    if (reason is not None and reason & 0xFF00 == OUT_OF_RESOURCES) or result.busy:
-        return status_dataset(
-            OUT_OF_RESOURCES, f"DICOMweb server busy or failing: HTTP {code}{reason_text}"
-        )
-    if result.credentials_refused:
-        return status_dataset(DICOMWEB_REJECTED, f"DICOMweb authentication failed: HTTP {code}")
-    if result.http_success:
-        return status_dataset(
-            UNABLE_TO_PROCESS, f"HTTP {code} but the server did not list the instance{reason_text}"
-        )
-    return status_dataset(
-        UNABLE_TO_PROCESS, f"DICOMweb server refused it: HTTP {code}{reason_text}"
-    )
+    if verdict is StowVerdict.STORED:
+        return status_dataset(SUCCESS)
+    if verdict is StowVerdict.STORED_WITH_WARNING:
+        warning = result.warning_reason
+        status = warning if warning in _STORE_WARNING_CODES else STORE_COERCION
+        detail = f"warning reason 0x{warning:04X}" if warning is not None else f"HTTP {code}"
+        return status_dataset(status, f"stored by the DICOMweb server with {detail}")
+    comment = {
+        StowVerdict.DUPLICATE: f"already present on the DICOMweb server (HTTP {code}): "
+        "not replaced",
+        StowVerdict.NOT_VISIBLE: "stored as non-primary: conflicts with server data, not queryable",
+        StowVerdict.MISMATCH: f"server says the data set does not match its SOP class{reason_text}",
+        StowVerdict.SOP_CLASS_NOT_SUPPORTED: "SOP class not supported by the server",
+        StowVerdict.BUSY: f"DICOMweb server busy or failing: HTTP {code}{reason_text}",
+        StowVerdict.REFUSED: f"DICOMweb authentication failed: HTTP {code}",
+        StowVerdict.NOT_LISTED: f"HTTP {code} but the server did not list the "
+        f"instance{reason_text}",
+    }.get(verdict, f"DICOMweb server refused it: HTTP {code}{reason_text}")
+    return status_dataset(_STORE_STATUSES[verdict], comment)
+
+
+# The C-STORE status of each STOW-RS verdict (the stored ones above).
+_STORE_STATUSES: dict[StowVerdict, int] = {
+    StowVerdict.DUPLICATE: STORE_COERCION,
+    StowVerdict.NOT_VISIBLE: STORE_COERCION,
+    StowVerdict.MISMATCH: IDENTIFIER_MISMATCH,
+    StowVerdict.SOP_CLASS_NOT_SUPPORTED: SOP_CLASS_NOT_SUPPORTED,
+    StowVerdict.BUSY: OUT_OF_RESOURCES,
+    StowVerdict.REFUSED: DICOMWEB_REJECTED,
+    StowVerdict.NOT_LISTED: UNABLE_TO_PROCESS,
+    StowVerdict.REJECTED: UNABLE_TO_PROCESS,
+}
 
 
 def store_failure(error: BridgeError) -> Dataset:

@@ -14,7 +14,9 @@ Sending (documented in the README, C-GET transfer syntaxes):
 1. the stored syntax, fetched with ``transfer-syntax=*`` so the server does not transcode,
    when the peer accepted it (the little endian uncompressed syntaxes, deflated included,
    are interchangeable: pynetdicom converts between them without loss);
-2. otherwise a syntax the peer accepted, transcoded by the server (``server_syntax``);
+2. otherwise a syntax the peer accepted, transcoded by the server (``server_syntax``), only
+   one the server can produce (``Capabilities.retrieve_syntaxes``: Azure makes Explicit VR LE
+   and JPEG 2000 lossless, AWS only Explicit VR LE);
 3. otherwise a local conversion (``local_syntax``): decompression with pydicom and its
    pylibjpeg plugins, then, if the peer needs it, Explicit VR Big Endian or a lossless
    compression the installed plugins can encode (RLE, JPEG 2000 lossless);
@@ -140,16 +142,32 @@ def is_sendable(stored: str, accepted: Collection[str]) -> bool:
     return stored in _LITTLE_ENDIAN_NATIVE and any(ts in _LITTLE_ENDIAN_NATIVE for ts in accepted)
 
 
-def server_syntax(stored: str, accepted: Collection[str], allow_lossy: bool) -> str | None:
+def server_syntax(
+    stored: str,
+    accepted: Collection[str],
+    allow_lossy: bool,
+    producible: Collection[str] | None = None,
+) -> str | None:
     """The syntax to ask the server for when `stored` is not sendable: uncompressed first
     (Explicit VR LE also serves a deflate-only peer: pynetdicom deflates), then lossless
-    compressed, then lossy only when `allow_lossy`. Never a lossy conversion otherwise."""
+    compressed, then lossy only when `allow_lossy`. Never a lossy conversion otherwise.
+
+    `producible` is what the server can transcode to (``Capabilities.retrieve_syntaxes``;
+    None = anything): a syntax outside it is never asked for, since such a server answers
+    406 (Azure) or worse, and the caller converts locally instead."""
     lossless = sorted(ts for ts in accepted if ts in LOSSLESS_COMPRESSED)
     lossy = sorted(ts for ts in accepted if is_lossy(ts)) if allow_lossy else []
     for ts in (*_SERVER_NATIVE, *lossless, *lossy):
+        if producible is not None and ts not in producible:
+            continue
         if ts != stored and is_sendable(ts, accepted):
             return ts
     return None
+
+
+def can_produce(syntax: str, producible: Collection[str] | None) -> bool:
+    """Whether a server that transcodes to `producible` (None = anything) can send `syntax`."""
+    return producible is None or syntax in producible
 
 
 def local_syntax(accepted: Collection[str], encodable: Collection[str]) -> str | None:

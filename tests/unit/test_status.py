@@ -202,7 +202,7 @@ def failed_with(reason: int) -> bytes:
     ("code", "body", "status", "comment"),
     [
         (200, STORED, 0x0000, None),
-        (200, b"", 0x0000, None),
+        (200, b"", 0xC000, "HTTP 200 but the server did not list the instance"),
         (202, STORED, 0xB000, "stored by the DICOMweb server with HTTP 202"),
         (409, b"", 0xB000, "already present on the DICOMweb server (HTTP 409)"),
         (409, failed_with(0x0111), 0xB000, "already present on the DICOMweb server (HTTP 409)"),

@@ -31,6 +31,7 @@ from bridge.translate.status import (
     describe,
 )
 from bridge.translate.syntax import (
+    can_produce,
     cannot_send,
     is_compressed,
     is_lossy_conversion,
@@ -185,7 +186,10 @@ class InstanceSource:
         a local lossless conversion; or why neither is possible (``cannot_send``)."""
         allow_lossy = self.ctx.config.retrieve.allow_lossy
         key = (ref.series_uid, sop_class)
-        wanted = server_syntax(stored, accepted, allow_lossy)
+        # Only what this server can transcode to (bridge/profiles.py): anything else is
+        # converted here from the stored syntax.
+        producible = self.ctx.dicomweb.capabilities.retrieve_syntaxes
+        wanted = server_syntax(stored, accepted, allow_lossy, producible)
         if wanted is not None and self.hints.get(key) != _LOCAL:
             converted = self._server_copy(ref, stored, wanted, sop_class, accepted)
             if converted is not None:
@@ -265,7 +269,10 @@ class InstanceSource:
                     raise ConversionError(f"no decoder for {stored} here")
                 decompress(ds)
             except ConversionError:
-                if asked == ExplicitVRLittleEndian:
+                producible = self.ctx.dicomweb.capabilities.retrieve_syntaxes
+                if asked == ExplicitVRLittleEndian or not can_produce(
+                    ExplicitVRLittleEndian, producible
+                ):
                     raise
                 ds = self._server_native(ref)
             stored = str(ds.file_meta.TransferSyntaxUID)
