@@ -135,6 +135,7 @@ def test_compressed_to_an_explicit_only_peer_keeps_the_pixels(
 
 
 RATE_SERIES_SIZE = 150  # more than AWS's burst of 100 instance retrieves
+JITTER_429 = 2
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +155,13 @@ def test_aws_instance_retrieves_stay_under_the_request_rate(
     write_stacks: Stacks, cloud_orthanc: OrthancFixture, many: list[str]
 ) -> None:
     """An IMAGE-level C-GET naming 150 instances (AWS takes no UID lists, so one QIDO-RS
-    and one WADO-RS per instance, or one per series): all arrive, and the emulator's
-    50 per second, burst 100, token bucket answered no 429."""
+    and one WADO-RS per instance, or one per series): all arrive, within the rate.
+
+    The emulator's bucket (50 per second, burst 100) measures arrivals, the bridge's own
+    limiter departures: two buckets of the same size in series may refuse a request that
+    arrives a few milliseconds early, as AWS would. So the bar is "paced" (at most
+    JITTER_429 answers 429, each retried after Retry-After), not "never refused"; a bridge
+    that does not pace gets about 50 of them (150 requests against a burst of 100)."""
     stack = write_stacks("aws")
     first = dcmread(BytesIO(cloud_orthanc.server.instance_file(many[0])), stop_before_pixels=True)
     query = identifier(
@@ -167,5 +173,6 @@ def test_aws_instance_retrieves_stay_under_the_request_rate(
     outcome = c_get(stack.bridge, query, contexts=storage([str(first.SOPClassUID)]))
     assert outcome.status == SUCCESS, outcome.summary() + "\n" + stack.refused()
     assert sorted(outcome.received_uids) == sorted(many)
-    assert stack.emulator.refusals("rate") == []
-    stack.emulator.assert_refused_nothing()
+    limited = stack.emulator.refusals("rate")
+    assert len(limited) <= JITTER_429, limited
+    assert stack.emulator.refusals() == limited  # nothing else refused
