@@ -59,7 +59,8 @@ def test_find_identical_to_orthanc_native(
         stack.bridge.port, stack.bridge.ae_title, case.identifier_keys(m), model=case.model
     )
     assert got.status == SUCCESS, f"{got.status:#06x} {got.comment}\n{stack.refused()}"
-    assert got.statuses.count(PENDING) == case.count, stack.refused()
+    sent = "\n".join(f"{r.status} {r.path}" for r in stack.emulator.records())
+    assert got.statuses.count(PENDING) == case.count, stack.refused() + "\nsent:\n" + sent
     assert rows(got.identifiers, keywords) == expected, stack.refused()
     assert_exact_keys(got.identifiers, keywords, case.level)
     assert rows(got.identifiers, keywords) == native(case, orthanc)
