@@ -352,3 +352,10 @@ def test_faults_still_take_precedence(emulators: Emulators) -> None:
     assert get(emu, "/studies?limit=201").status_code == 503
     assert get(emu, "/studies?limit=201").status_code == 400
     assert json.dumps([r.status for r in emu.refusals()]) == "[400]"
+
+
+def test_dcm4chee_refuses_fuzzymatching(emulators: Emulators) -> None:
+    emu = emulators("dcm4chee")
+    assert get(emu, "/studies?fuzzymatching=true&PatientName=DOE*").status_code == 400
+    assert get(emu, "/studies?PatientName=doe*").status_code == 200
+    assert [r.reason for r in emu.refusals()] == ["fuzzymatching is not supported"]
