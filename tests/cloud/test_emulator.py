@@ -8,7 +8,6 @@ emulator with httpx, and the emulator's answers are compared with Orthanc's own.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from io import BytesIO
@@ -346,12 +345,16 @@ def test_aws_duplicate_is_listed_but_not_stored_again(
     cloud_orthanc.server.delete_instance(str(ds.SOPInstanceUID))
 
 
-def test_faults_still_take_precedence(emulators: Emulators) -> None:
+def test_fault_actions_replace_the_answer_and_delays_delay_it(emulators: Emulators) -> None:
     emu = emulators("azure")
     emu.fail(503, "/studies", count=1, headers={"Retry-After": "1"})
     assert get(emu, "/studies?limit=201").status_code == 503
     assert get(emu, "/studies?limit=201").status_code == 400
-    assert json.dumps([r.status for r in emu.refusals()]) == "[400]"
+    assert [r.status for r in emu.refusals()] == [400]
+    delay = emu.add_fault(path_filter="/studies", delay_s=0.2, count=1)
+    assert get(emu, "/studies?limit=201").status_code == 400  # still the vendor's answer
+    assert delay.hits == 1
+    assert [r.status for r in emu.refusals()] == [400, 400]
 
 
 def test_dcm4chee_refuses_fuzzymatching(emulators: Emulators) -> None:
