@@ -66,6 +66,9 @@ _SUGGESTED_KEYS = (
     "Modality",
 )
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
+# Longest UID list fanned out into one query per UID below a parent resource; a longer
+# one lists the parent once and is matched locally.
+FANOUT_MAX = 20
 
 
 class Check(Protocol):
@@ -311,9 +314,13 @@ def _fit(
         if key_ok and _form_ok(form, vr, caps):
             fitted.match.append((need.name, need.value))
             continue
+        values = need.value.split(",")
         if key_ok and form == "list" and vr == "UI" and fitted.fanout is None:
-            fitted.fanout = (need.name, need.value.split(","))
-            continue
+            # One query per UID; but a long list below a parent (the instances of a series)
+            # costs fewer requests as that one listing, filtered here.
+            if parent is None or len(values) <= FANOUT_MAX:
+                fitted.fanout = (need.name, values)
+                continue
         fuzzy = _fuzzy_prefix(need.value, vr) if caps.fuzzy_matching else None
         if key_ok and form == "wild" and fuzzy:
             fitted.match.append((need.name, fuzzy))
@@ -324,9 +331,11 @@ def _fit(
         # Matched locally: the server must return it.
         if need.level < level:
             fitted.upper_dropped = True
-        if _includable(need.name, caps):
+        if need.keyword in _UID_KEYWORDS:
+            pass  # every result carries its UIDs
+        elif _includable(need.name, caps):
             fitted.include.add(need.name)
-        elif need.keyword not in _UID_KEYWORDS:  # UIDs come back by default
+        else:
             raise QueryTooBroad(f"server can neither match nor return {need.keyword}")
         fitted.checks.append(ValueCheck(need.keyword, need.value, vr))
         fitted.filtered.append(need.keyword)

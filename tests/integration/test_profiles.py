@@ -52,6 +52,8 @@ from tests.integration.test_get import (
     identifier,
     target,
 )
+from tests.integration.test_move import Destination, assert_identical_to_orthanc, c_move
+from tests.integration.test_move import target as move_target
 from tests.integration.tools import free_port
 
 pytestmark = pytest.mark.integration
@@ -125,17 +127,31 @@ def proxy(orthanc: OrthancFixture) -> Iterator[FaultProxy]:
         yield fault_proxy
 
 
+@pytest.fixture(scope="module")
+def move_destination() -> Iterator[Destination]:
+    dest = Destination("PROFDEST").start()
+    try:
+        yield dest
+    finally:
+        dest.stop()
+
+
 @pytest.fixture(scope="module", params=CLOUD_PROFILES)
 def profiled(
-    request: pytest.FixtureRequest, proxy: FaultProxy, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    proxy: FaultProxy,
+    move_destination: Destination,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, BridgeProcess]]:
-    """A bridge under one cloud profile (fuzzy matching off: Orthanc ignores it)."""
+    """A bridge under one cloud profile (fuzzy matching off: Orthanc ignores it), with
+    the C-MOVE destination in [[peers]]."""
     profile = str(request.param)
     process = start_bridge(
         bridge_config(
             proxy.url + "/dicom-web",
             free_port(),
             dicomweb={"profile": profile},
+            peers=[(move_destination.ae_title, "127.0.0.1", move_destination.port)],
             **{"dicomweb.capabilities": {"fuzzy_matching": False}},
         ),
         tmp_path_factory.mktemp(f"profile-{profile}"),
@@ -273,6 +289,29 @@ def test_get_every_level_under_profile(
     assert (outcome.completed, outcome.failed, outcome.warning) == (n, 0, 0), outcome.summary()
     assert sorted(outcome.received_uids) == sorted(e.SOPInstanceUID for e in goal.expected)
     assert_identical_to_originals(outcome, goal.expected)
+    assert_nothing_refused(proxy, caps_of(profile), since)
+
+
+@pytest.mark.parametrize("level", ["PATIENT", "STUDY", "SERIES", "IMAGE"])
+def test_move_every_level_under_profile(
+    profiled: tuple[str, BridgeProcess],
+    proxy: FaultProxy,
+    orthanc: OrthancFixture,
+    move_destination: Destination,
+    level: str,
+) -> None:
+    profile, bridge = profiled
+    move_destination.reset()
+    goal = move_target(orthanc.manifest, level)
+    since = len(proxy.records())
+    outcome = c_move(bridge, identifier(level, **goal.keys), move_destination.ae_title, goal.model)
+    n = len(goal.expected)
+    assert outcome.status == SUCCESS, (profile, outcome.summary(), bridge.log_tail())
+    assert outcome.count("NumberOfCompletedSuboperations") == n, outcome.summary()
+    assert outcome.count("NumberOfFailedSuboperations") == 0, outcome.summary()
+    stored = move_destination.by_uid()
+    assert len(move_destination.stored) == n, "an instance arrived twice"
+    assert_identical_to_orthanc(orthanc, {u: i.raw for u, i in stored.items()}, goal.expected)
     assert_nothing_refused(proxy, caps_of(profile), since)
 
 

@@ -13,7 +13,7 @@ from bridge.dicomweb.client import build_qido_url
 from bridge.errors import QueryTooBroad
 from bridge.models import InformationModel, QidoQuery, QidoResource, QueryLevel
 from bridge.profiles import GENERIC, PROFILES, Capabilities
-from bridge.translate.plan import QueryPlan, ValueCheck, child_query, plan_search
+from bridge.translate.plan import FANOUT_MAX, QueryPlan, ValueCheck, child_query, plan_search
 from bridge.translate.query import build_find_plan
 from bridge.translate.retrieve import build_retrieve_plan
 
@@ -422,3 +422,15 @@ def test_retrieve_listing_uid_list_fans_out_on_google() -> None:
         f"/instances?SOPInstanceUID=1.1&{FIELDS}",
         f"/instances?SOPInstanceUID=1.2&{FIELDS}",
     ]
+
+
+def test_long_uid_list_below_a_parent_lists_the_parent_once() -> None:
+    uids = [f"1.2.3.{i}" for i in range(FANOUT_MAX + 1)]
+    keys = {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "1.2.3", "SOPInstanceUID": uids}
+    urls = retrieve_urls(ident("IMAGE", **keys), "google")
+    assert urls == [f"/studies/1.2/series/1.2.3/instances?{FIELDS}"]
+    short = retrieve_urls(ident("IMAGE", **{**keys, "SOPInstanceUID": uids[:2]}), "google")
+    assert len(short) == 2 and all("SOPInstanceUID=1.2.3." in u for u in short)
+    # At the root there is no parent to list: one query per UID however many.
+    flat = retrieve_urls(ident("IMAGE", SOPInstanceUID=uids), "google")
+    assert len(flat) == FANOUT_MAX + 1
