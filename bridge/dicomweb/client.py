@@ -15,7 +15,6 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -26,6 +25,7 @@ from dicomweb_client.uri import URI, URISuffix
 from pydicom import dcmread
 
 from bridge.config import DicomwebConfig
+from bridge.dicomweb import ratelimit, stow
 from bridge.dicomweb.breaker import CircuitBreaker, Listener
 from bridge.dicomweb.multipart import (
     MultipartDecoder,
@@ -34,7 +34,6 @@ from bridge.dicomweb.multipart import (
     boundary_from_content_type,
 )
 from bridge.dicomweb.outcomes import classify, fetch_as_stored_instead, http_row
-from bridge.dicomweb.ratelimit import install_wado_rate_limit
 from bridge.dicomweb.rawget import RawGetter
 from bridge.dicomweb.retry import RetryPolicy, parse_retry_after, retrying
 from bridge.dicomweb.stow import parse_stow_response, part10_body
@@ -47,7 +46,7 @@ from bridge.errors import (
     DicomwebTLSError,
     DicomwebUnavailable,
 )
-from bridge.models import InstanceRef, QidoPage, QidoQuery, QidoResource, StowResult, StowVerdict
+from bridge.models import InstanceRef, QidoPage, QidoQuery, QidoResource, StowResult
 from bridge.profiles import GENERIC, Capabilities
 
 LOGGER = logging.getLogger(__name__)
@@ -315,7 +314,7 @@ class DicomwebClient:
         self.breaker = breaker or CircuitBreaker(threshold=0, backend=backend)
         # The backend's WADO-RS rate limit (ratelimit.py): one bucket on this client's
         # request path, which every association to the backend shares.
-        self.rate_limit = install_wado_rate_limit(http, capabilities)
+        self.rate_limit = ratelimit.install_wado_rate_limit(http, capabilities)
         if self.rate_limit is not None:
             self.raw = None  # the lean GET would bypass httpx's request path
 
@@ -503,9 +502,9 @@ class DicomwebClient:
         result = parse_stow_response(
             response.status_code, response.content, sop_instance_uid, response.reason_phrase
         )
-        if self.capabilities.stow_verify and result.verdict in _LISTED:
+        if self.capabilities.stow_verify and stow.is_listed(result):
             if not await self._visible(path, sop_instance_uid):
-                return replace(result, verdict=StowVerdict.NOT_VISIBLE)
+                return stow.not_visible(result)
         return result
 
     async def _visible(self, path: Path, sop_instance_uid: str) -> bool:
@@ -513,13 +512,13 @@ class DicomwebClient:
         instance whose metadata conflicts with a primary image set into a non-primary one,
         which QIDO-RS does not show; an instance of the same UID may then be listed with
         the primary set's metadata instead. A failed check is no proof: True (logged)."""
-        sent = dcmread(path, stop_before_pixels=True, specific_tags=_IMAGE_SET_KEYS)
+        sent = dcmread(path, stop_before_pixels=True, specific_tags=stow.IMAGE_SET_KEYS)
         query = QidoQuery(
             resource=QidoResource.INSTANCES,
             study_uid=str(sent.get("StudyInstanceUID", "")),
             series_uid=str(sent.get("SeriesInstanceUID", "")),
             match=(("SOPInstanceUID", sop_instance_uid),),
-            includefield=tuple(_STUDY_KEYS),
+            includefield=tuple(stow.STUDY_KEYS),
         )
         url = build_qido_url(self.base_url, query, policy=self.query_encoding)
         try:
@@ -527,14 +526,7 @@ class DicomwebClient:
         except DicomwebError as exc:
             LOGGER.warning("could not check that a stored instance is visible: %s", exc)
             return True
-        for found in page.results:
-            if _json_value(found, "00080018") != sop_instance_uid:
-                continue
-            return all(
-                _json_value(found, tag) in (None, str(sent.get(keyword, "")))
-                for keyword, tag in _STUDY_KEYS.items()
-            )
-        return False
+        return stow.shows_instance(page.results, sent, sop_instance_uid)
 
     async def probe(self) -> str:
         """Check that the base URL answers QIDO-RS; a one-line summary, or a DicomwebError.
@@ -568,31 +560,6 @@ class DicomwebClient:
         results = parse_qido_body(response.content, content_type)
         server = response.headers.get("server", "unknown server")
         return f"QIDO-RS answered HTTP {response.status_code} ({len(results)} result, {server})"
-
-
-# The study-level attributes AWS HealthImaging groups image sets by (understanding-image-
-# sets.html, "DICOM elements used when creating image sets"): a difference in any of them
-# is a conflict that sends the instance to a non-primary image set.
-_STUDY_KEYS = {
-    "PatientID": "00100020",
-    "StudyDate": "00080020",
-    "AccessionNumber": "00080050",
-    "StudyID": "00200010",
-}
-_IMAGE_SET_KEYS = ["StudyInstanceUID", "SeriesInstanceUID", *_STUDY_KEYS]
-_LISTED = (StowVerdict.STORED, StowVerdict.STORED_WITH_WARNING)
-
-
-def _json_value(found: dict[str, Any], tag: str) -> str | None:
-    """The first value of `tag` in a DICOM JSON object as text (None if absent)."""
-    element = found.get(tag)
-    values = element.get("Value") if isinstance(element, dict) else None
-    if not isinstance(values, list) or not values:
-        return None
-    value = values[0]
-    if isinstance(value, dict):  # PN
-        return str(value.get("Alphabetic", ""))
-    return str(value)
 
 
 def make_http_client(config: DicomwebConfig, auth: httpx.Auth | None = None) -> httpx.AsyncClient:

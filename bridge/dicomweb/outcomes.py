@@ -159,6 +159,7 @@ def fetch_as_stored_instead(error: DicomwebError) -> bool:
 #   answer about the instance                              verdict
 #   listed in ReferencedSOPSequence, 200, no warning       STORED
 #   listed, with a Warning Reason or in a 202 answer       STORED_WITH_WARNING
+#     (or in a 409 to several instances: some were not stored)
 #     (Azure 202 "some stored, others failed or warned"; its Warning Reason 45063
 #     is 0xB007, "data set does not match SOP class"; 1 = validation warnings)
 #   Failure Reason 0x0111 (Duplicate SOP Instance)          DUPLICATE
@@ -219,8 +220,8 @@ def stow_verdict(
     ReferencedSOPSequence; `failed`: in
     FailedSOPSequence; `detail`: the failure's text, if any."""
     success = 200 <= status_code < 300
-    if success and listed and not failed:
-        if warning_reason is not None or status_code == 202:
+    if listed and not failed:
+        if warning_reason is not None or status_code in (202, 409):
             return StowVerdict.STORED_WITH_WARNING
         return StowVerdict.STORED
     if failure_reason is not None:

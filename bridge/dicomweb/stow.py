@@ -6,17 +6,19 @@ The framing around the file is ``multipart.MultipartEncoder``'s, the one encoder
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
+from pydicom import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from bridge.dicomweb.explicit_vr import implicit_to_explicit, transfer_syntax_of
 from bridge.dicomweb.multipart import MultipartEncoder
 from bridge.dicomweb.outcomes import http_row, stow_verdict
-from bridge.models import StowResult
+from bridge.models import StowResult, StowVerdict
 
 PART10 = "application/dicom"
 
@@ -103,6 +105,71 @@ def _refers_to(item: Mapping[str, Any], sop_instance_uid: str) -> bool:
     return False
 
 
+# The study-level attributes AWS HealthImaging groups image sets by (understanding-image-
+# sets.html, "DICOM elements used when creating image sets"): a difference in any of them
+# is a conflict that files the instance into a non-primary image set.
+STUDY_KEYS = {
+    "PatientID": "00100020",
+    "StudyDate": "00080020",
+    "AccessionNumber": "00080050",
+    "StudyID": "00200010",
+}
+IMAGE_SET_KEYS = ["StudyInstanceUID", "SeriesInstanceUID", *STUDY_KEYS]
+_SOP_INSTANCE_UID = "00080018"
+
+
+def is_listed(result: StowResult) -> bool:
+    """Whether the server listed the instance as stored (with or without a warning)."""
+    return result.verdict in (StowVerdict.STORED, StowVerdict.STORED_WITH_WARNING)
+
+
+def not_visible(result: StowResult) -> StowResult:
+    """`result` for an instance stored where queries do not find it (``stow_verify``)."""
+    return replace(result, verdict=StowVerdict.NOT_VISIBLE)
+
+
+def shows_instance(results: Sequence[Mapping[str, Any]], sent: Dataset, uid: str) -> bool:
+    """Whether a QIDO-RS instance search's `results` show the instance `sent` (SOP Instance
+    UID `uid`) as stored: listed, and with the study attributes it was sent with (an
+    instance of that UID listed with others is a different, primary copy)."""
+    for found in results:
+        if _json_text(found, _SOP_INSTANCE_UID) != uid:
+            continue
+        return all(
+            _json_text(found, tag) in (None, str(sent.get(keyword, "")))
+            for keyword, tag in STUDY_KEYS.items()
+        )
+    return False
+
+
+def _json_text(found: Mapping[str, Any], tag: str) -> str | None:
+    """The first value of `tag` in a DICOM JSON object as text (None if absent)."""
+    element = found.get(tag)
+    values = element.get("Value") if isinstance(element, Mapping) else None
+    if not isinstance(values, list) or not values:
+        return None
+    value = values[0]
+    if isinstance(value, Mapping):  # PN
+        return str(value.get("Alphabetic", ""))
+    return str(value)
+
+
+def _texts(item: Mapping[str, Any]) -> str:
+    """Every text value of a FailedSOPSequence item, nested ones too (a server's own
+    words about the failure: Google puts "already exists" in a private FailureDetail)."""
+    found: list[str] = []
+    for element in item.values():
+        if not isinstance(element, Mapping):
+            continue
+        vr = element.get("vr")
+        for value in element.get("Value") or []:
+            if vr in ("LO", "LT", "ST", "UT", "SH", "UC") and isinstance(value, str):
+                found.append(value)
+            elif vr == "SQ" and isinstance(value, Mapping):
+                found.append(_texts(value))
+    return " ".join(text for text in found if text)
+
+
 def parse_stow_response(
     status_code: int, body: bytes, sop_instance_uid: str, reason_phrase: str = ""
 ) -> StowResult:
@@ -127,7 +194,8 @@ def parse_stow_response(
         warning_reason = _uint(parsed, _WARNING_REASON)
     # Stored only when listed: a 2xx without a Store Instances Response naming the
     # instance (PS3.18 10.5.3) proves nothing, and no C-STORE is acknowledged unproven.
-    is_stored = 200 <= status_code < 300 and bool(stored) and not failed
+    # A 409 to a request of several instances lists those it did store (read like a 202).
+    is_stored = (200 <= status_code < 300 or status_code == 409) and bool(stored) and not failed
     detail = _texts(failed[0]) if failed else ""
     return StowResult(
         status_code=status_code,
@@ -151,19 +219,3 @@ def parse_stow_response(
         ),
         detail=detail,
     )
-
-
-def _texts(item: Mapping[str, Any]) -> str:
-    """Every text value of a FailedSOPSequence item, nested ones too (a server's own
-    words about the failure: Google puts "already exists" in a private FailureDetail)."""
-    found: list[str] = []
-    for element in item.values():
-        if not isinstance(element, Mapping):
-            continue
-        vr = element.get("vr")
-        for value in element.get("Value") or []:
-            if vr in ("LO", "LT", "ST", "UT", "SH", "UC") and isinstance(value, str):
-                found.append(value)
-            elif vr == "SQ" and isinstance(value, Mapping):
-                found.append(_texts(value))
-    return " ".join(text for text in found if text)

@@ -193,3 +193,11 @@ def test_every_verdict_has_a_status() -> None:
 
     stored = {StowVerdict.STORED, StowVerdict.STORED_WITH_WARNING}
     assert set(_STORE_STATUSES) | stored == set(StowVerdict)
+
+
+def test_409_to_several_instances_lists_those_it_stored() -> None:
+    """A batch STOW-RS (the spool's) answered 409: the instances it lists as stored are."""
+    body = answer([ref(UID)], [ref(OTHER, **{"00081197": us(0xA700)})])
+    assert parse_stow_response(409, body, UID).verdict is StowVerdict.STORED_WITH_WARNING
+    assert parse_stow_response(409, body, UID).stored
+    assert parse_stow_response(409, body, OTHER).verdict is StowVerdict.BUSY
