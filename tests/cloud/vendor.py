@@ -301,7 +301,10 @@ GOOGLE = Vendor(
 )
 
 # Azure v2 "Search response": default and "other" tags per level, and the two counts it
-# computes ("aggregated attribute ... supported in includeField").
+# computes ("aggregated attribute ... supported in includeField"). The same lists are the
+# open-source server's (github.com/microsoft/dicom-server, Features/Query/
+# QueryResponseBuilder.cs: a row keeps only these tags and the filtered ones), so
+# ModalitiesInStudy, for one, comes back only when it was matched on.
 _AZURE_RETURNED = {
     "studies": frozenset(
         {
@@ -379,6 +382,9 @@ AZURE = Vendor(
         "dicom-services-conformance-statement-v2",
         "https://github.com/MicrosoftDocs/azure-docs/blob/main/articles/healthcare-apis/"
         "dicom/dicom-services-conformance-statement-v2.md",
+        # The attributes a search row carries (the same lists as the statement's).
+        "https://github.com/microsoft/dicom-server/blob/main/src/Microsoft.Health.Dicom.Core/"
+        "Features/Query/QueryResponseBuilder.cs",
     ),
     search_keys={
         "studies": _AZURE_STUDY,
@@ -587,13 +593,16 @@ def _returned_tags(
 ) -> frozenset[str]:
     """The tags (ggggeeee) a row of `route` may carry: the level's returned attributes, the
     higher levels' for root and study-level searches, and every matched attribute."""
+    # Below a parent, the parent's attributes come back when asked for in includefield
+    # (Azure's QueryResponseBuilder: "levelSpecificTags"); the emulator lets them through
+    # whether asked or not, so it only removes what the server never returns.
     levels = {
         "studies": ("studies",),
         "series": ("studies", "series"),
-        "study-series": ("series",),
+        "study-series": ("studies", "series"),
         "instances": ("studies", "series", "instances"),
-        "study-instances": ("series", "instances"),
-        "series-instances": ("instances",),
+        "study-instances": ("studies", "series", "instances"),
+        "series-instances": ("studies", "series", "instances"),
     }[route.resource]
     keywords: set[str] = set()
     for level in levels:
