@@ -127,3 +127,25 @@ def test_duplicate_store_answer(
         assert second.status == SUCCESS, second.comment
     assert cloud_orthanc.server.instance_file(uid) == before
     assert stack.emulator.refusals() == duplicates  # nothing else refused
+
+
+def test_aws_conflicting_instance_is_not_reported_as_stored(
+    write_stacks: Stacks, cloud_orthanc: OrthancFixture, cleanup: list[str]
+) -> None:
+    """AWS files an instance whose study attributes conflict with the stored one into a
+    non-primary image set that QIDO-RS does not show, and still lists it as stored (the
+    emulator does the same). The bridge must not answer that C-STORE 0x0000."""
+    stack = write_stacks("aws")
+    ds = dcmread(source("CT_small.dcm"))
+    uid = str(ds.SOPInstanceUID)
+    cleanup.append(uid)
+    (first,) = c_store(stack.bridge, [ds])
+    assert first.status == SUCCESS, first.comment + "\n" + stack.refused()
+    conflicting = dcmread(source("CT_small.dcm"))
+    conflicting.PatientID = "CONFLICT-ID"
+    (second,) = c_store(stack.bridge, [conflicting])
+    assert [r.kind for r in stack.emulator.refusals()] == ["duplicate"]
+    assert second.status == COERCION_WARNING, f"{second.status:#06x} {second.comment}"
+    assert second.comment, "no ErrorComment"
+    stored = dcmread(BytesIO(cloud_orthanc.server.instance_file(uid)), stop_before_pixels=True)
+    assert stored.PatientID == ds.PatientID
