@@ -162,17 +162,18 @@ def encode_store_rq(
     return _element(0x0000, struct.pack("<I", len(body))) + body
 
 
-def send_encoded(
+def store_request(
     assoc: Any,
-    instance: EncodedInstance,
-    msg_id: int = 1,
-    priority: int = 2,
-    originator_aet: str | None = None,
-    originator_id: int | None = None,
-) -> Dataset:
-    """``Association.send_c_store`` for an already encoded data set: same context choice,
-    same reactor pause, same response handling; no encoding. The PDUs go straight to the
-    socket when the lean path applies, else through pynetdicom's DUL."""
+    instance: Any,
+    msg_id: int,
+    priority: int,
+    originator_aet: str | None,
+    originator_id: int | None,
+) -> tuple[Any, bytes]:
+    """The presentation context ``send_c_store`` would choose for `instance` (its
+    SOPClassUID, transfer_syntax and SOPInstanceUID; no conversion) and its encoded
+    C-STORE-RQ command set: the start of every sub-operation sent without pynetdicom's
+    encoder (``send_encoded``, and retrieval/largefile.py's ``send_spooled``)."""
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
     context = adapter.valid_context(
@@ -185,6 +186,23 @@ def send_encoded(
         str(instance.SOPInstanceUID),
         originator_aet,
         originator_id,
+    )
+    return context, command
+
+
+def send_encoded(
+    assoc: Any,
+    instance: EncodedInstance,
+    msg_id: int = 1,
+    priority: int = 2,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> Dataset:
+    """``Association.send_c_store`` for an already encoded data set: same context choice,
+    same reactor pause, same response handling; no encoding. The PDUs go straight to the
+    socket when the lean path applies, else through pynetdicom's DUL."""
+    context, command = store_request(
+        assoc, instance, msg_id, priority, originator_aet, originator_id
     )
     # The reactor would otherwise take the C-STORE-RSP off the queue. Inside a C-MOVE the
     # sub-association's reactor is already held for the whole move (this costs nothing);

@@ -21,7 +21,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import UID
 
 from bridge.dimse import adapter
-from bridge.dimse.fastsend import Part10Error, encode_store_rq, split_part10
+from bridge.dimse.fastsend import Part10Error, split_part10, store_request
 
 # The File Meta group is read from this much of the file's start (it is a few hundred
 # bytes; a file whose meta does not fit is not sent from the file).
@@ -80,18 +80,8 @@ def send_spooled(
 ) -> Dataset:
     """``Association.send_c_store`` for an instance in a file, read in PDU-sized pieces;
     the response's status Dataset (empty: no response, the association is aborted)."""
-    if not assoc.is_established:
-        raise RuntimeError("the association is not established")
-    context = adapter.valid_context(
-        assoc, instance.SOPClassUID, instance.transfer_syntax, "scu", allow_conversion=False
-    )
-    command = encode_store_rq(
-        msg_id,
-        priority,
-        str(instance.SOPClassUID),
-        str(instance.SOPInstanceUID),
-        originator_aet,
-        originator_id,
+    context, command = store_request(
+        assoc, instance, msg_id, priority, originator_aet, originator_id
     )
     with adapter.reactor_paused(assoc) as held:
         if not held:
