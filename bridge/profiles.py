@@ -64,6 +64,10 @@ class Capabilities:
     max_records: int = 0
     # QIDO-RS answers carry NumberOfStudyRelated*/NumberOfSeriesRelated* counts.
     related_counts: bool = True
+    # Study answers carry ModalitiesInStudy whether or not it is a match key. When not
+    # (Azure), a list of modalities ("any of") is sent as one search per modality, and
+    # the value returned to C-FIND is computed from a series search of each study.
+    modalities_in_study: bool = True
     # Attributes the server accepts in includefield= (None = any, and "all").
     includefield_keys: frozenset[str] | None = None
     # Transfer syntaxes WADO-RS can transcode to on request (None = any; "*", the stored
@@ -159,7 +163,10 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
     # search; limit 1..200; an offset past the end is 204; newest first (pages may repeat
     # rows). includefield takes public and private tags. Only NumberOfStudyRelated-
     # Instances and NumberOfSeriesRelatedInstances exist (as includefield), so the
-    # bridge computes the counts itself.
+    # bridge computes the counts itself. "Search response": ModalitiesInStudy is not among
+    # the study attributes returned (a row carries those and its matched keys only, as in
+    # github.com/microsoft/dicom-server QueryResponseBuilder.cs), so it comes back only
+    # when matched on: the bridge computes it from each study's series.
     "azure": Capabilities(
         study_search_keys=frozenset(
             {
@@ -217,6 +224,7 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
         fuzzy_matching=True,
         max_limit=200,
         related_counts=False,
+        modalities_in_study=False,
         # Same page, "Retrieve (WADO-RS)": Accept transfer-syntax=*, 1.2.840.10008.1.2.1 or
         # 1.2.840.10008.1.2.4.90; "An unsupported transfer-syntax results in 406".
         retrieve_syntaxes=frozenset({EXPLICIT_VR_LE, JPEG2000_LOSSLESS}),

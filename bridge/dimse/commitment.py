@@ -18,7 +18,8 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import replace
 from io import BytesIO
 from typing import Any, cast
 
@@ -52,6 +53,9 @@ REQUEST_COMMITMENT = 1  # Action Type ID
 ALL_COMMITTED = 1  # Event Type IDs
 SOME_FAILED = 2
 _UIDS_PER_QUERY = 50  # keeps each QIDO-RS URL well under common 8 KB limits
+# Walking series for instances the bridge did not store: up to this many still missing
+# are asked one SOPInstanceUID query each per series, more list the series once.
+_UIDS_ASKED_ONE_BY_ONE = 5
 _REPORT_TIMEOUT = 5.0  # seconds to wait for the N-EVENT-REPORT-RSP on the same association
 
 
@@ -120,8 +124,13 @@ def present_instances(ctx: BridgeContext, uids: Iterable[str]) -> set[str]:
       study and series UIDs the C-STORE path recorded (``ctx.stored``, bounded).
     * An instance the bridge does not know the series of is asked at ``/instances`` one
       UID at a time where the server has that resource; on a server with hierarchical
-      resources only (AWS HealthImaging) it cannot be found and is reported as failed
-      (not committed): safe, since the modality then keeps its copy (PS3.4 J.3.3).
+      resources only (AWS HealthImaging) the bridge walks for it: ``/studies``, then each
+      study's ``/studies/{study}/series``, then each series'
+      ``/studies/{study}/series/{series}/instances?SOPInstanceUID=...`` (or the series'
+      whole listing when many remain), until all are found. The walk reads at most
+      ``dicomweb.max_results`` studies; instances not found by then are reported as
+      failed (not committed), and so are those a failed search left unchecked: safe,
+      since the modality then keeps its copy (PS3.4 J.3.3).
     """
     wanted = sorted(set(uids))
     found: set[str] = set()
@@ -149,12 +158,67 @@ def present_instances(ctx: BridgeContext, uids: Iterable[str]) -> set[str]:
         for uid in unknown:
             found |= _listed(ctx, _by_uid(uid), {uid})
     elif unknown:
-        LOGGER.info(
-            "storage commitment: %d instance(s) not stored by the bridge cannot be searched "
-            "on this server (hierarchical QIDO-RS only): reported as failed",
-            len(unknown),
+        found |= _walked(ctx, set(unknown), caps)
+    return found
+
+
+def _walked(ctx: BridgeContext, wanted: set[str], caps: Capabilities) -> set[str]:
+    """The UIDs among `wanted` found by walking studies → series → instances, with the
+    hierarchical searches alone, over at most ``dicomweb.max_results`` studies."""
+    found: set[str] = set()
+    limit = ctx.dicomweb.max_results
+    keys = caps.instance_search_keys
+    by_uid = keys is None or "SOPInstanceUID" in keys
+    studies = 0
+    try:
+        for study_uid in _uids(ctx, QidoQuery(resource=QidoResource.STUDIES), "0020000D"):
+            studies += 1
+            if limit and studies > limit:
+                LOGGER.warning(
+                    "storage commitment: %d instance(s) not stored by the bridge not found "
+                    "in the first %d studies (dicomweb.max_results; hierarchical QIDO-RS "
+                    "only): reported as failed",
+                    len(wanted - found),
+                    limit,
+                )
+                break
+            series_query = QidoQuery(resource=QidoResource.SERIES, study_uid=study_uid)
+            for series_uid in list(_uids(ctx, series_query, "0020000E")):
+                found |= _in_series(ctx, study_uid, series_uid, wanted - found, by_uid)
+                if found == wanted:
+                    return found
+    except BridgeError as exc:
+        LOGGER.warning(
+            "storage commitment: the search for %d instance(s) not stored by the bridge "
+            "failed (%s): reported as failed",
+            len(wanted - found),
+            exc,
         )
     return found
+
+
+def _in_series(
+    ctx: BridgeContext, study_uid: str, series_uid: str, wanted: set[str], by_uid: bool
+) -> set[str]:
+    """The UIDs among `wanted` in one series: asked one by one while few remain (and the
+    server matches SOPInstanceUID there), else from the series' whole listing."""
+    base = QidoQuery(resource=QidoResource.INSTANCES, study_uid=study_uid, series_uid=series_uid)
+    if not by_uid or len(wanted) > _UIDS_ASKED_ONE_BY_ONE:
+        return _listed(ctx, base, wanted)
+    found: set[str] = set()
+    for uid in sorted(wanted):
+        found |= _listed(ctx, replace(base, match=(("SOPInstanceUID", uid),)), {uid})
+    return found
+
+
+def _uids(ctx: BridgeContext, query: QidoQuery, tag: str) -> Iterator[str]:
+    """The UID (`tag`) of each result of `query`, in order."""
+    for page in ctx.search_pages(query):
+        for result in page.results:
+            element = result.get(tag)
+            values = element.get("Value", []) if isinstance(element, dict) else []
+            if values:
+                yield str(values[0])
 
 
 def _by_uid(uids: str) -> QidoQuery:

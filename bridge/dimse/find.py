@@ -11,7 +11,14 @@ from pynetdicom.dsutils import encode
 from pynetdicom.events import Event
 
 from bridge.dimse.context import BridgeContext, CancelWatch
-from bridge.dimse.search import PlanRun, decode, series_count, study_counts
+from bridge.dimse.search import (
+    PlanRun,
+    decode,
+    series_count,
+    study_counts,
+    study_modalities,
+    study_series,
+)
 from bridge.errors import (
     BridgeError,
     DicomwebCircuitOpen,
@@ -151,10 +158,13 @@ def _answer(plan: FindPlan, ctx: BridgeContext, cancelled: CancelWatch) -> Itera
 
 def _counts_to_compute(plan: FindPlan, caps: Capabilities) -> frozenset[str]:
     """The NumberOf*Related* counts the C-FIND asks for that the server does not return
-    (``related_counts`` false): computed from hierarchical series/instance searches."""
+    (``related_counts`` false), and ModalitiesInStudy if it does not return that
+    (``modalities_in_study`` false): computed from hierarchical series/instance searches."""
+    asked = {keyword_for_tag(tag) for tag, _ in plan.keys}
+    modalities = {"ModalitiesInStudy"} & asked if not caps.modalities_in_study else set()
     if caps.related_counts:
-        return frozenset()
-    wanted = {keyword_for_tag(tag) for tag, _ in plan.keys} & COUNT_KEYWORDS
+        return frozenset(modalities)
+    wanted = (asked & COUNT_KEYWORDS) | modalities
     # A patient's series and instances are sums over its studies (add_patient_counts).
     if "NumberOfPatientRelatedSeries" in wanted:
         wanted.add("NumberOfStudyRelatedSeries")
@@ -169,9 +179,18 @@ def _add_counts(
     study_uid = str(result.get("StudyInstanceUID", ""))
     if not study_uid:
         return
+    rows = None
+    if "ModalitiesInStudy" in counts:
+        # One series search of the study serves this and the study counts.
+        rows = study_series(ctx, study_uid, cancelled, modalities=True)
+        result.ModalitiesInStudy = study_modalities(rows)
     if counts & set(STUDY_COUNTS):
         series, instances = study_counts(
-            ctx, study_uid, cancelled, instances="NumberOfStudyRelatedInstances" in counts
+            ctx,
+            study_uid,
+            cancelled,
+            instances="NumberOfStudyRelatedInstances" in counts,
+            rows=rows,
         )
         result.NumberOfStudyRelatedSeries = series
         if "NumberOfStudyRelatedInstances" in counts:

@@ -115,22 +115,48 @@ def count_rows(
     return rows
 
 
+def study_series(
+    ctx: BridgeContext,
+    study_uid: str,
+    cancelled: Callable[[], bool] | None = None,
+    *,
+    modalities: bool = False,
+) -> list[Row]:
+    """Every series of a study (a hierarchical search), with Modality when `modalities`."""
+    return count_rows(ctx, series_of(study_uid, modalities=modalities), cancelled)
+
+
 def study_counts(
     ctx: BridgeContext,
     study_uid: str,
     cancelled: Callable[[], bool] | None = None,
     *,
     instances: bool = True,
+    rows: list[Row] | None = None,
 ) -> tuple[int, int]:
     """(series, instances) of a study, counted from hierarchical series and instance
-    searches, for servers that do not return the NumberOfStudyRelated* counts."""
-    rows = count_rows(ctx, series_of(study_uid), cancelled)
+    searches, for servers that do not return the NumberOfStudyRelated* counts. `rows`:
+    the study's series if already listed (study_series)."""
+    if rows is None:
+        rows = study_series(ctx, study_uid, cancelled)
     series = [uid for row in rows if (uid := _first(row, "0020000E")) is not None]
     total = 0
     if instances:
         for series_uid in series:
             total += len(count_rows(ctx, instances_of(study_uid, series_uid), cancelled))
     return len(series), total
+
+
+def study_modalities(rows: list[Row]) -> list[str]:
+    """ModalitiesInStudy computed from a study's series (study_series with modalities):
+    the distinct Modality values, sorted."""
+    found: set[str] = set()
+    for row in rows:
+        element = row.get("00080060")
+        values = element.get("Value") if isinstance(element, dict) else None
+        if isinstance(values, list):
+            found.update(str(v).strip() for v in values if str(v).strip())
+    return sorted(found)
 
 
 def series_count(

@@ -5,7 +5,9 @@ only (AWS HealthImaging) cannot search a SOP Instance UID at the root: it must b
 ``/studies/{study}/series/{series}/instances``. The C-STORE path records the study and
 series of every instance it stored here, so that commitment can ask that; an instance
 the bridge did not store (or stored so long ago that it has left this bounded map) is
-reported as not committed, which is safe: the modality keeps its copy (PS3.4 J.3.3).
+walked for through studies and series instead (bounded by ``dicomweb.max_results``
+studies; see ``commitment.present_instances``), and reported as not committed if not
+found, which is safe: the modality keeps its copy (PS3.4 J.3.3).
 """
 
 from __future__ import annotations

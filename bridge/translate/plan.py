@@ -11,7 +11,9 @@ sent, and the rest, which the bridge matches itself on the answers (PS3.4 C.2.2.
 * a person name ``PREFIX*`` goes to a server with ``fuzzy_matching`` as
   ``fuzzymatching=true`` with the first word of the prefix (its prefix word match is a
   superset), and the exact pattern is checked locally;
-* a UID list the server cannot take becomes one query per UID (a fan-out);
+* a UID list the server cannot take becomes one query per UID (a fan-out), and so does
+  a list for a key it matches but does not return (ModalitiesInStudy on a server without
+  ``modalities_in_study``: the C-FIND side computes that value from the study's series);
 * levels the server cannot search from the root (``hierarchical_only``), and keys of a
   level above the resource that the server does not match there, become a walk:
   studies first, then each matching study's series, then each series' instances, with the
@@ -66,6 +68,8 @@ _SUGGESTED_KEYS = (
     "Modality",
 )
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
+# ModalitiesInStudy as a query may name it (keyword or 8 hex digits).
+_MODALITIES = frozenset({"ModalitiesInStudy", "00080061"})
 # Longest UID list fanned out into one query per UID below a parent resource; a longer
 # one lists the parent once and is matched locally.
 FANOUT_MAX = 20
@@ -195,6 +199,11 @@ def plan_search(
         level = QueryLevel.STUDY
     if not caps.related_counts:
         query = without_counts(query)
+    if not caps.modalities_in_study:
+        # Not returned unless matched: the C-FIND side computes it (find.py).
+        query = replace(
+            query, includefield=tuple(n for n in query.includefield if n not in _MODALITIES)
+        )
     needs = _needs(query, level)
     includes = [(name, _level_of(_keyword(name), level)) for name in query.includefield]
     if _flat_shape_ok(query, caps):
@@ -321,6 +330,11 @@ def _fit(
             if parent is None or len(values) <= FANOUT_MAX:
                 fitted.fanout = (need.name, values)
                 continue
+        if key_ok and form == "list" and not _returned(need.name, caps) and fitted.fanout is None:
+            # "Any of" a key the server matches but does not return (so the bridge could
+            # not match it on the answers): one query per value, the union de-duplicated.
+            fitted.fanout = (need.name, values)
+            continue
         fuzzy = _fuzzy_prefix(need.value, vr) if caps.fuzzy_matching else None
         if key_ok and form == "wild" and fuzzy:
             fitted.match.append((need.name, fuzzy))
@@ -333,7 +347,7 @@ def _fit(
             fitted.upper_dropped = True
         if need.keyword in _UID_KEYWORDS:
             pass  # every result carries its UIDs
-        elif _includable(need.name, caps):
+        elif _includable(need.name, caps) and _returned(need.name, caps):
             fitted.include.add(need.name)
         else:
             raise QueryTooBroad(f"server can neither match nor return {need.keyword}")
@@ -399,6 +413,11 @@ def _includable(name: str, caps: Capabilities) -> bool:
     if caps.includefield_keys is None:
         return True
     return name in caps.includefield_keys or _keyword(name) in caps.includefield_keys
+
+
+def _returned(name: str, caps: Capabilities) -> bool:
+    """Whether the server's answers carry `name` when it is not a match key."""
+    return caps.modalities_in_study or name not in _MODALITIES
 
 
 def _flat_shape_ok(query: QidoQuery, caps: Capabilities) -> bool:
@@ -489,9 +508,11 @@ def without_counts(query: QidoQuery) -> QidoQuery:
     )
 
 
-def series_of(study_uid: str) -> QidoQuery:
-    """The hierarchical listing of a study's series (for counting)."""
-    return QidoQuery(resource=QidoResource.SERIES, study_uid=study_uid)
+def series_of(study_uid: str, *, modalities: bool = False) -> QidoQuery:
+    """The hierarchical listing of a study's series (for counting), with each series'
+    Modality when `modalities` (to compute ModalitiesInStudy)."""
+    include = ("Modality",) if modalities else ()
+    return QidoQuery(resource=QidoResource.SERIES, study_uid=study_uid, includefield=include)
 
 
 def instances_of(study_uid: str, series_uid: str) -> QidoQuery:

@@ -7,13 +7,16 @@ bridge did not store, and against the cloud Orthanc for instances stored through
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.cloud.stack import PROFILES, Stacks
 from tests.conftest import OrthancFixture
-from tests.integration.dataset import make_ct_series
+from tests.integration.dataset import InstanceEntry, make_ct_series
 from tests.integration.test_commitment import (
     ALL_COMMITTED,
+    NO_SUCH_OBJECT_INSTANCE,
     SOME_FAILED,
     SUCCESS,
     listed,
@@ -76,3 +79,42 @@ def test_stored_through_the_bridge_then_committed(
         for ds in datasets:
             if orthanc_has(cloud_orthanc.server, str(ds.SOPInstanceUID)):
                 cloud_orthanc.server.delete_instance(str(ds.SOPInstanceUID))
+
+
+def test_walk_for_unknown_instances_is_bounded_by_max_results(
+    orthanc: OrthancFixture, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """aws, instances the bridge did not store: the walk studies → series → instances reads
+    at most dicomweb.max_results studies (here 1); an instance of any other study is
+    reported failed (0x0112, safe), and the log says why."""
+    stacks = Stacks(orthanc, tmp_path_factory.mktemp("cloud-commit-bound"), max_results=1)
+    try:
+        stack = stacks("aws")
+        first: dict[str, InstanceEntry] = {}
+        for entry in orthanc.manifest.instances:
+            first.setdefault(entry.StudyInstanceUID, entry)
+        assert len(first) > 1
+        refs = refs_of(list(first.values()))
+        result = request_commitment(stack.bridge, refs, then="wait")
+        assert result.action_status == SUCCESS
+        assert len(result.reports) == 1, stack.refused()
+        report = result.reports[0]
+        assert report.event_type == SOME_FAILED, stack.refused()
+        walked = {
+            m.group(1)
+            for r in stack.emulator.records()
+            if (m := re.search(r"/studies/([0-9.]+)/series", r.path))
+        }
+        assert len(walked) == 1, walked
+        (study,) = walked
+        committed = listed(report.info, "ReferencedSOPSequence")
+        assert committed == refs_of([first[study]])
+        failed = report.info.FailedSOPSequence
+        assert sorted(listed(report.info, "FailedSOPSequence")) == sorted(
+            set(refs) - set(committed)
+        )
+        assert {int(item.FailureReason) for item in failed} == {NO_SUCH_OBJECT_INSTANCE}
+        assert "in the first 1 studies (dicomweb.max_results" in stack.bridge.log_text()
+        stack.emulator.assert_refused_nothing()
+    finally:
+        stacks.close()

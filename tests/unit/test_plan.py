@@ -82,9 +82,14 @@ TABLE: list[Any] = [
                 ["/studies?includefield=ModalitiesInStudy&includefield=StudyInstanceUID"],
                 ["ModalitiesInStudy"],
             ),
+            # Azure matches ModalitiesInStudy but returns it only when matched on: "any
+            # of" is one search per modality (the C-FIND side computes the value).
             A: (
-                ["/studies?includefield=ModalitiesInStudy&includefield=StudyInstanceUID"],
-                ["ModalitiesInStudy"],
+                [
+                    "/studies?ModalitiesInStudy=CT&includefield=StudyInstanceUID",
+                    "/studies?ModalitiesInStudy=MR&includefield=StudyInstanceUID",
+                ],
+                [],
             ),
             W: (
                 ["/studies?includefield=ModalitiesInStudy&includefield=StudyInstanceUID"],
@@ -92,6 +97,27 @@ TABLE: list[Any] = [
             ),
         },
         id="modalities-in-study-list",
+    ),
+    pytest.param(
+        ident("STUDY", ModalitiesInStudy="", StudyInstanceUID=""),
+        STUDY_ROOT,
+        {
+            "generic": (
+                ["/studies?includefield=ModalitiesInStudy&includefield=StudyInstanceUID"],
+                [],
+            ),
+            G: (
+                ["/studies?includefield=ModalitiesInStudy&includefield=StudyInstanceUID"],
+                [],
+            ),
+            # Not asked of Azure, which would not return it: computed from the series.
+            A: (["/studies?includefield=StudyInstanceUID"], []),
+            W: (
+                ["/studies?includefield=ModalitiesInStudy&includefield=StudyInstanceUID"],
+                [],
+            ),
+        },
+        id="modalities-in-study-return-key",
     ),
     pytest.param(
         ident("STUDY", ModalitiesInStudy="CT", StudyInstanceUID=""),
@@ -375,6 +401,15 @@ def test_key_neither_matched_nor_returned_is_too_broad() -> None:
     fp = build_find_plan(ident("STUDY", StudyDescription="BRAIN*"), STUDY_ROOT)
     with pytest.raises(QueryTooBroad, match="StudyDescription"):
         plan_search(fp.level, fp.query, caps)
+
+
+def test_modalities_wildcard_on_azure_is_too_broad() -> None:
+    """Azure neither takes the wildcard nor returns ModalitiesInStudy to match it on."""
+    with pytest.warns(UserWarning, match="VR CS"):  # pydicom: * is not a CS character
+        identifier = ident("STUDY", ModalitiesInStudy="C*")
+    fp = build_find_plan(identifier, STUDY_ROOT)
+    with pytest.raises(QueryTooBroad, match="ModalitiesInStudy"):
+        plan_search(fp.level, fp.query, PROFILES["azure"])
 
 
 def test_too_broad_comment_names_a_key_the_server_matches() -> None:
