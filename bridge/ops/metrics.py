@@ -118,7 +118,8 @@ class Metrics:
         self._dimse = Counter(
             "dimse_bridge_dimse_requests_total",
             "DIMSE requests answered, by service and final status (category: success, "
-            "warning, failure or cancel).",
+            "warning, failure or cancel; status none, category aborted: the association "
+            "ended before the final response).",
             ["service", "status", "category"],
             registry=r,
         )
