@@ -89,6 +89,38 @@ class Capabilities:
 
 GENERIC = Capabilities()
 
+# Search keys of the profiles below that repeat at lower levels (a search of series or
+# instances also matches the study's keys there).
+_GOOGLE_STUDY_KEYS = frozenset(
+    {
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientID",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyDate",
+    }
+)
+_AZURE_STUDY_KEYS = frozenset(
+    {
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "AccessionNumber",
+        "ReferringPhysicianName",
+        "StudyDate",
+        "StudyDescription",
+        "ModalitiesInStudy",
+    }
+)
+_AZURE_SERIES_KEYS = _AZURE_STUDY_KEYS | {
+    "SeriesInstanceUID",
+    "Modality",
+    "PerformedProcedureStepStartDate",
+    "ManufacturerModelName",
+}
+
 # Profiles. Each entry cites the vendor page its limits come from.
 PROFILES: Mapping[ProfileName, Capabilities] = {
     # A PS3.18-conformant server: today's behaviour.
@@ -104,41 +136,10 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
     # at hand when this was written end before its Search section: these values are the
     # ones issue 11 quotes from it, not re-checked.)
     "google": Capabilities(
-        study_search_keys=frozenset(
-            {
-                "StudyInstanceUID",
-                "PatientName",
-                "PatientID",
-                "AccessionNumber",
-                "ReferringPhysicianName",
-                "StudyDate",
-            }
-        ),
-        series_search_keys=frozenset(
-            {
-                "StudyInstanceUID",
-                "PatientName",
-                "PatientID",
-                "AccessionNumber",
-                "ReferringPhysicianName",
-                "StudyDate",
-                "SeriesInstanceUID",
-                "Modality",
-            }
-        ),
-        instance_search_keys=frozenset(
-            {
-                "StudyInstanceUID",
-                "PatientName",
-                "PatientID",
-                "AccessionNumber",
-                "ReferringPhysicianName",
-                "StudyDate",
-                "SeriesInstanceUID",
-                "Modality",
-                "SOPInstanceUID",
-            }
-        ),
+        study_search_keys=_GOOGLE_STUDY_KEYS,
+        series_search_keys=_GOOGLE_STUDY_KEYS | {"SeriesInstanceUID", "Modality"},
+        instance_search_keys=_GOOGLE_STUDY_KEYS
+        | {"SeriesInstanceUID", "Modality", "SOPInstanceUID"},
         wildcards=False,
         uid_lists=False,
         value_lists=False,
@@ -168,54 +169,9 @@ PROFILES: Mapping[ProfileName, Capabilities] = {
     # github.com/microsoft/dicom-server QueryResponseBuilder.cs), so it comes back only
     # when matched on: the bridge computes it from each study's series.
     "azure": Capabilities(
-        study_search_keys=frozenset(
-            {
-                "StudyInstanceUID",
-                "PatientName",
-                "PatientID",
-                "PatientBirthDate",
-                "AccessionNumber",
-                "ReferringPhysicianName",
-                "StudyDate",
-                "StudyDescription",
-                "ModalitiesInStudy",
-            }
-        ),
-        series_search_keys=frozenset(
-            {
-                "StudyInstanceUID",
-                "PatientName",
-                "PatientID",
-                "PatientBirthDate",
-                "AccessionNumber",
-                "ReferringPhysicianName",
-                "StudyDate",
-                "StudyDescription",
-                "ModalitiesInStudy",
-                "SeriesInstanceUID",
-                "Modality",
-                "PerformedProcedureStepStartDate",
-                "ManufacturerModelName",
-            }
-        ),
-        instance_search_keys=frozenset(
-            {
-                "StudyInstanceUID",
-                "PatientName",
-                "PatientID",
-                "PatientBirthDate",
-                "AccessionNumber",
-                "ReferringPhysicianName",
-                "StudyDate",
-                "StudyDescription",
-                "ModalitiesInStudy",
-                "SeriesInstanceUID",
-                "Modality",
-                "PerformedProcedureStepStartDate",
-                "ManufacturerModelName",
-                "SOPInstanceUID",
-            }
-        ),
+        study_search_keys=_AZURE_STUDY_KEYS,
+        series_search_keys=_AZURE_SERIES_KEYS,
+        instance_search_keys=_AZURE_SERIES_KEYS | {"SOPInstanceUID"},
         wildcards=False,
         uid_lists=False,
         value_lists=False,
