@@ -104,27 +104,35 @@ def split_part10(payload: bytes) -> tuple[dict[str, str], int]:
     return meta, offset
 
 
-class EncodedInstance(Dataset):
-    """A data set that is only its encoding: SOP UIDs and syntax for pynetdicom's checks,
-    and the bytes to send (``encoded``)."""
+class Part10Instance(Dataset):
+    """An instance known only by its Part 10 File Meta group: SOP UIDs and syntax for
+    pynetdicom's checks, and where its data set starts (``offset``) in `head`, the
+    encoding's first bytes. Raises Part10Error when the meta group does not end in them."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, head: bytes) -> None:
         super().__init__()
-        meta, offset = split_part10(payload)
+        meta, offset = split_part10(head)
         self.SOPClassUID = meta["MediaStorageSOPClassUID"]
         self.SOPInstanceUID = meta["MediaStorageSOPInstanceUID"]
         self.file_meta = FileMetaDataset()
         self.file_meta.TransferSyntaxUID = UID(meta["TransferSyntaxUID"])
-        self._payload = payload
-        self._offset = offset
+        self.offset = offset
 
     @property
     def transfer_syntax(self) -> UID:
         return UID(str(self.file_meta.TransferSyntaxUID))
 
+
+class EncodedInstance(Part10Instance):
+    """A data set that is only its encoding: the bytes to send (``encoded``)."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(payload)
+        self._payload = payload
+
     @property
     def encoded(self) -> memoryview:
-        return memoryview(self._payload)[self._offset :]
+        return memoryview(self._payload)[self.offset :]
 
 
 def _element(group_element: int, value: bytes) -> bytes:

@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import UID
 
 from bridge.dimse import adapter
-from bridge.dimse.fastsend import Part10Error, split_part10, store_request
+from bridge.dimse.fastsend import Part10Error, Part10Instance, store_request
 
 # The File Meta group is read from this much of the file's start (it is a few hundred
 # bytes; a file whose meta does not fit is not sent from the file).
@@ -32,27 +30,17 @@ _QUEUED = 64
 _UNLIMITED_PIECE = 1024 * 1024
 
 
-class SpooledInstance(Dataset):
-    """An instance that is only a Part 10 file: SOP UIDs and syntax for pynetdicom's
-    checks (as ``EncodedInstance``), and where its data set starts in the file."""
+class SpooledInstance(Part10Instance):
+    """An instance that is only a Part 10 file (``path``): its data set starts at
+    ``offset`` in the file."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__()
         with path.open("rb") as handle:
             head = handle.read(_HEAD)
-        meta, offset = split_part10(head)
-        if offset >= len(head):
+        super().__init__(head)
+        if self.offset >= len(head):
             raise Part10Error("File Meta group fills the whole head of the file")
-        self.SOPClassUID = meta["MediaStorageSOPClassUID"]
-        self.SOPInstanceUID = meta["MediaStorageSOPInstanceUID"]
-        self.file_meta = FileMetaDataset()
-        self.file_meta.TransferSyntaxUID = UID(meta["TransferSyntaxUID"])
         self.path = path
-        self.offset = offset
-
-    @property
-    def transfer_syntax(self) -> UID:
-        return UID(str(self.file_meta.TransferSyntaxUID))
 
 
 def _fragments(
